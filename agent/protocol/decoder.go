@@ -1,15 +1,300 @@
 package protocol
 
+import "unsafe"
+
+// Limits of QEMU's qobject/json-streamer.c, with the same meaning: errors name them as
+// "JSON token size limit exceeded", "JSON token count limit exceeded" and "JSON nesting depth
+// limit exceeded".
+const (
+	// MaxTokenSize bounds the total length of a message's tokens (and of any single token:
+	// the lexer cuts a longer one off).
+	MaxTokenSize = 64 << 20
+	// MaxTokenCount bounds the number of tokens in a message.
+	MaxTokenCount = 2 << 20
+	// MaxNesting bounds how deep lists and dicts may nest.
+	MaxNesting = 1 << 10
+)
+
+// handOffMin is the size from which a decoded string keeps the token buffer it was decoded in
+// instead of being copied out of it: a 64 MiB guest-file-write payload then exists once.
+const handOffMin = 4 << 10
+
+// keepTokenBuffer is the largest token buffer kept for reuse between tokens, so a huge token
+// does not pin its memory after the message is gone.
+const keepTokenBuffer = 1 << 20
+
 // Decoder turns a byte stream into Messages. It is push-based so that transports can feed it
 // whatever a read returned, and it keeps partial input across calls (and across host
 // reconnects on virtio-serial, as the reference does).
-type Decoder struct{}
+//
+// It reproduces qemu-ga 7.2's JSON input layer: json-lexer.c (with its single-quoted strings,
+// error tokens and recovery), json-streamer.c (message boundaries by brace and bracket count,
+// and the limits) and json-parser.c (values and error texts), including how many errors a
+// bad input draws and when. It differs in one place: after a nesting-limit error the
+// reference keeps counting the brackets that follow, so an unbalanced rest of the rejected
+// input swallows the requests after it; this decoder drops such a leftover partial message at
+// the end of its line instead, so the next line's request is answered.
+//
+// Memory stays within one message: the values of the message being read plus the token being
+// read, both bounded by MaxTokenSize. Parsing is linear in the input.
+//
+// The zero Decoder is ready to use. A Decoder is not safe for concurrent use.
+type Decoder struct {
+	state uint8  // lexer state
+	tok   []byte // text of the token being read
+
+	// Streamer state for the message being read.
+	brace, bracket int
+	count          int // tokens
+	size           int // bytes of token text
+
+	// afterNesting is set by a nesting-limit error until the next message boundary or line end.
+	afterNesting bool
+
+	p    parser
+	emit func(Message)
+}
 
 // NewDecoder returns a decoder in its initial state.
 func NewDecoder() *Decoder { return &Decoder{} }
 
-// Feed consumes p and calls emit once for each complete message, in input order.
-func (d *Decoder) Feed(p []byte, emit func(Message)) { panic("protocol: Decoder.Feed not written yet") }
+// Feed consumes p and calls emit once for each complete message, in input order. emit must not
+// call back into the decoder. The decoder keeps no reference to p.
+func (d *Decoder) Feed(p []byte, emit func(Message)) {
+	d.emit = emit
+	defer func() { d.emit = nil }()
+	for i := 0; i < len(p); {
+		c := p[i]
+		switch d.state {
+		case lxStart:
+			if c == ' ' {
+				i++
+				continue
+			}
+		case lxDQString, lxSQString:
+			plain := &plainDQ
+			if d.state == lxSQString {
+				plain = &plainSQ
+			}
+			// Stop where the token would outgrow its limit, the byte at which json-lexer.c
+			// cuts it off.
+			limit := min(len(p), i+MaxTokenSize+1-len(d.tok))
+			j := i
+			for j < limit && plain[p[j]] {
+				j++
+			}
+			if j > i {
+				d.tok = append(d.tok, p[i:j]...)
+				i = j
+				d.checkTokenSize()
+				continue
+			}
+		case lxRecovery:
+			j := i
+			for j < len(p) && plainRecovery[p[j]] {
+				j++
+			}
+			if j > i {
+				i = j
+				continue
+			}
+		}
 
-// Reset discards any partial input, as for a new unix-listen client.
-func (d *Decoder) Reset() {}
+		next := lexTable[d.state][c]
+		consumed := next&lookahead == 0
+		if consumed {
+			d.tok = append(d.tok, c)
+			i++
+		}
+		next &^= lookahead
+		switch {
+		case next == tokError:
+			d.token(tokError)
+			d.endToken(lxRecovery)
+		case next > tokError:
+			d.token(next)
+			d.endToken(lxStart)
+		case next == lxStart:
+			if consumed && c == '\n' && d.afterNesting {
+				d.lineEnd()
+			}
+			d.endToken(lxStart)
+		case next == lxRecovery:
+			d.endToken(lxRecovery)
+		default:
+			d.state = next
+			d.checkTokenSize()
+		}
+	}
+}
+
+// Reset discards any partial input, as for a new unix-listen client. (The reference itself
+// keeps its parser state across unix-listen clients too: a transport that wants to match it
+// byte for byte does not call Reset.)
+func (d *Decoder) Reset() {
+	d.state = lxStart
+	d.tok = nil
+	d.afterNesting = false
+	d.resetMessage()
+}
+
+// endToken starts the next token in state s.
+func (d *Decoder) endToken(s uint8) {
+	if cap(d.tok) > keepTokenBuffer {
+		d.tok = nil
+	} else {
+		d.tok = d.tok[:0]
+	}
+	d.state = s
+}
+
+// checkTokenSize applies json-lexer.c's cut-off for a token that grows past MaxTokenSize, and
+// frees the message's values as soon as the token being read makes the message too big to
+// succeed.
+func (d *Decoder) checkTokenSize() {
+	if len(d.tok) > MaxTokenSize {
+		d.token(tokForced)
+		d.endToken(lxStart)
+		return
+	}
+	if d.size+len(d.tok)+1 > MaxTokenSize && d.count > 0 && !d.p.failed {
+		// Whatever comes, this message ends in an error; its values only cost memory now.
+		d.p.fail("")
+	}
+}
+
+// lineEnd ends a line after a nesting-limit error: a partial message that began after the
+// error is the rejected message's tail, not a request, and is dropped without a reply.
+func (d *Decoder) lineEnd() {
+	d.afterNesting = false
+	if d.count > 0 {
+		d.resetMessage()
+	}
+}
+
+// token is json_message_process_token(): it counts, applies the limits, feeds the parser and
+// emits at the message boundary.
+func (d *Decoder) token(typ uint8) {
+	switch typ {
+	case tokLCurly:
+		d.brace++
+	case tokRCurly:
+		d.brace--
+	case tokLSquare:
+		d.bracket++
+	case tokRSquare:
+		d.bracket--
+	case tokError:
+		d.reject("JSON parse error, stray '" + cString(d.tok) + "'")
+		return
+	}
+	if d.size+len(d.tok)+1 > MaxTokenSize {
+		d.reject("JSON token size limit exceeded")
+		return
+	}
+	if d.count+1 > MaxTokenCount {
+		d.reject("JSON token count limit exceeded")
+		return
+	}
+	if d.brace+d.bracket > MaxNesting {
+		d.reject("JSON nesting depth limit exceeded")
+		d.afterNesting = true
+		return
+	}
+	d.count++
+	d.size += len(d.tok)
+	if d.p.active() {
+		d.parse(typ)
+	}
+	if (d.brace > 0 || d.bracket > 0) && d.brace >= 0 && d.bracket >= 0 {
+		return
+	}
+	var m Message
+	switch {
+	case d.p.failed:
+		m.Err = &Error{Class: ClassGenericError, Desc: d.p.err}
+	case d.p.root == psDone:
+		m.Value = d.p.value
+	default:
+		m.Err = &Error{Class: ClassGenericError, Desc: "JSON parse error, premature EOI"}
+	}
+	d.resetMessage()
+	d.afterNesting = false
+	d.emit(m)
+}
+
+// parse hands one counted token to the parser.
+func (d *Decoder) parse(typ uint8) {
+	p := &d.p
+	switch typ {
+	case tokLCurly, tokRCurly, tokLSquare, tokRSquare, tokComma, tokColon:
+		p.structural(typ)
+		return
+	}
+	if !p.wantsValue() {
+		p.misplaced()
+		return
+	}
+	switch typ {
+	case tokInteger:
+		p.complete(number(d.tok, true))
+	case tokFloat:
+		p.complete(number(d.tok, false))
+	case tokKeyword:
+		v, msg := keyword(d.tok)
+		if msg != "" {
+			p.fail(msg)
+			return
+		}
+		p.complete(v)
+	case tokString:
+		n, msg := decodeString(d.tok)
+		if msg != "" {
+			p.fail(msg)
+			return
+		}
+		p.complete(d.takeString(n))
+	}
+}
+
+// takeString returns the string decoded into d.tok[1:1+n].
+func (d *Decoder) takeString(n int) string {
+	b := d.tok[1 : 1+n]
+	if n >= handOffMin {
+		// The buffer becomes the string's: it is never written again.
+		d.tok = nil
+		return unsafe.String(&b[0], n)
+	}
+	switch string(b) {
+	// Every request has some of these; sharing them saves an allocation each.
+	case "execute":
+		return "execute"
+	case "arguments":
+		return "arguments"
+	case "id":
+		return "id"
+	}
+	return string(b)
+}
+
+// reject emits an error for the message being read and discards it.
+func (d *Decoder) reject(desc string) {
+	d.resetMessage()
+	d.afterNesting = false
+	d.emit(Message{Err: &Error{Class: ClassGenericError, Desc: desc}})
+}
+
+func (d *Decoder) resetMessage() {
+	d.brace, d.bracket, d.count, d.size = 0, 0, 0, 0
+	d.p.reset()
+}
+
+// cString is what printf("%s") shows of b: the bytes before the first NUL.
+func cString(b []byte) string {
+	for i, c := range b {
+		if c == 0 {
+			return string(b[:i])
+		}
+	}
+	return string(b)
+}

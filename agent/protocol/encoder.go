@@ -1,12 +1,448 @@
 package protocol
 
+import (
+	"fmt"
+	"math"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// The encoder writes what qemu-ga's qobject_to_json() writes: compact JSON with ", " and ": "
+// separators, pure-ASCII strings escaped like json-writer.c quoted_str(), integers in decimal,
+// doubles as "%.17g", and object members in QDict order (see qdict.go), so that replies are
+// byte-identical to the reference's.
+
 // AppendResponse appends one framed reply to dst: the optional 0xFF sentinel, the compact
 // JSON object and "\n".
 func AppendResponse(dst []byte, r *Response) []byte {
-	panic("protocol: AppendResponse not written yet")
+	if r.Delimited {
+		dst = append(dst, 0xFF)
+	}
+	dst = append(dst, '{')
+	idFirst := r.HasID && (r.Err == nil && idBeforeReturn || r.Err != nil && idBeforeError)
+	if idFirst {
+		dst = append(dst, `"id": `...)
+		dst = AppendValue(dst, r.ID)
+		dst = append(dst, ", "...)
+	}
+	if r.Err != nil {
+		dst = append(dst, `"error": {`...)
+		for i, k := range errorKeys {
+			if i > 0 {
+				dst = append(dst, ", "...)
+			}
+			dst = appendString(dst, k)
+			dst = append(dst, ": "...)
+			if k == "class" {
+				dst = appendString(dst, r.Err.Class)
+			} else {
+				dst = appendString(dst, r.Err.Desc)
+			}
+		}
+		dst = append(dst, '}')
+	} else {
+		dst = append(dst, `"return": `...)
+		if r.Return == nil {
+			dst = append(dst, "{}"...)
+		} else {
+			dst = AppendValue(dst, r.Return)
+		}
+	}
+	if r.HasID && !idFirst {
+		dst = append(dst, `, "id": `...)
+		dst = AppendValue(dst, r.ID)
+	}
+	return append(dst, "}\n"...)
 }
+
+// Where "id" goes in a reply, by QDict order.
+var (
+	idBeforeReturn = qdictBucket("id") < qdictBucket("return")
+	idBeforeError  = qdictBucket("id") < qdictBucket("error")
+)
+
+// errorKeys are the members of an error object in QDict order.
+var errorKeys = func() []string {
+	k := []string{"class", "desc"}
+	sortQDictKeys(k)
+	return k
+}()
 
 // AppendValue appends v as JSON in the reference's style: ", " and ": " separators, pure ASCII.
 // v may be any decoded value type, int, int32, uint32, a struct with json tags (name and
 // omitempty), a pointer, a slice or a map with string keys.
-func AppendValue(dst []byte, v any) []byte { panic("protocol: AppendValue not written yet") }
+//
+// More precisely: nil, bools, strings, every integer and float type (NaN and infinities print
+// as glibc does, "nan", "inf", "-inf", which is not JSON but is what the reference sends),
+// []any, map[string]any, and through reflection any named type of those kinds, pointers (nil
+// is null), interfaces, arrays and slices (nil is [], as QAPI lists are never null), maps with
+// string keys (nil is {}), and structs. Struct fields follow encoding/json's rules: exported
+// fields, `json:"name"`, `json:",omitempty"`, `json:"-"`, and embedded structs without a name
+// are flattened. Object members come in the reference's QDict order, not in field or key
+// order. Other types (channels, functions, complex numbers, maps with other keys) panic: they
+// are programming errors.
+func AppendValue(dst []byte, v any) []byte {
+	switch v := v.(type) {
+	case nil:
+		return append(dst, "null"...)
+	case string:
+		return appendString(dst, v)
+	case bool:
+		return strconv.AppendBool(dst, v)
+	case int64:
+		return strconv.AppendInt(dst, v, 10)
+	case int:
+		return strconv.AppendInt(dst, int64(v), 10)
+	case int32:
+		return strconv.AppendInt(dst, int64(v), 10)
+	case uint64:
+		return strconv.AppendUint(dst, v, 10)
+	case uint32:
+		return strconv.AppendUint(dst, uint64(v), 10)
+	case float64:
+		return appendFloat(dst, v)
+	case map[string]any:
+		keys := make([]string, 0, len(v))
+		for k := range v {
+			keys = append(keys, k)
+		}
+		sortQDictKeys(keys)
+		dst = append(dst, '{')
+		for i, k := range keys {
+			if i > 0 {
+				dst = append(dst, ", "...)
+			}
+			dst = appendString(dst, k)
+			dst = append(dst, ": "...)
+			dst = AppendValue(dst, v[k])
+		}
+		return append(dst, '}')
+	case []any:
+		dst = append(dst, '[')
+		for i, e := range v {
+			if i > 0 {
+				dst = append(dst, ", "...)
+			}
+			dst = AppendValue(dst, e)
+		}
+		return append(dst, ']')
+	case []string:
+		dst = append(dst, '[')
+		for i, e := range v {
+			if i > 0 {
+				dst = append(dst, ", "...)
+			}
+			dst = appendString(dst, e)
+		}
+		return append(dst, ']')
+	}
+	return appendReflect(dst, reflect.ValueOf(v))
+}
+
+func appendReflect(dst []byte, rv reflect.Value) []byte {
+	switch rv.Kind() {
+	case reflect.Invalid:
+		return append(dst, "null"...)
+	case reflect.Pointer, reflect.Interface:
+		if rv.IsNil() {
+			return append(dst, "null"...)
+		}
+		return appendReflect(dst, rv.Elem())
+	case reflect.Bool:
+		return strconv.AppendBool(dst, rv.Bool())
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return strconv.AppendInt(dst, rv.Int(), 10)
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
+		return strconv.AppendUint(dst, rv.Uint(), 10)
+	case reflect.Float32, reflect.Float64:
+		return appendFloat(dst, rv.Float())
+	case reflect.String:
+		return appendString(dst, rv.String())
+	case reflect.Slice, reflect.Array:
+		dst = append(dst, '[')
+		for i := 0; i < rv.Len(); i++ {
+			if i > 0 {
+				dst = append(dst, ", "...)
+			}
+			dst = appendReflect(dst, rv.Index(i))
+		}
+		return append(dst, ']')
+	case reflect.Map:
+		if rv.Type().Key().Kind() != reflect.String {
+			panic(fmt.Sprintf("protocol: cannot encode %s: map keys must be strings", rv.Type()))
+		}
+		keys := make([]string, 0, rv.Len())
+		for it := rv.MapRange(); it.Next(); {
+			keys = append(keys, it.Key().String())
+		}
+		sortQDictKeys(keys)
+		dst = append(dst, '{')
+		kt := rv.Type().Key()
+		for i, k := range keys {
+			if i > 0 {
+				dst = append(dst, ", "...)
+			}
+			dst = appendString(dst, k)
+			dst = append(dst, ": "...)
+			dst = appendReflect(dst, rv.MapIndex(reflect.ValueOf(k).Convert(kt)))
+		}
+		return append(dst, '}')
+	case reflect.Struct:
+		dst = append(dst, '{')
+		first := true
+		for _, f := range structFields(rv.Type()) {
+			fv, ok := fieldByIndex(rv, f.index)
+			if !ok || (f.omitEmpty && isEmpty(fv)) {
+				continue
+			}
+			if !first {
+				dst = append(dst, ", "...)
+			}
+			first = false
+			dst = append(dst, f.prefix...)
+			dst = appendReflect(dst, fv)
+		}
+		return append(dst, '}')
+	}
+	panic(fmt.Sprintf("protocol: cannot encode %s", rv.Type()))
+}
+
+// field is one JSON member of a struct type.
+type field struct {
+	prefix    string // `"name": `
+	index     []int
+	omitEmpty bool
+}
+
+var fieldCache sync.Map // reflect.Type -> []field
+
+// structFields lists t's JSON members in the order a QDict prints them: by bucket, and within a
+// bucket the last inserted first. The QAPI output visitor inserts members in declaration
+// order, which struct fields are expected to follow.
+func structFields(t reflect.Type) []field {
+	if f, ok := fieldCache.Load(t); ok {
+		return f.([]field)
+	}
+	type named struct {
+		name string
+		f    field
+	}
+	var list []named
+	seen := map[string]bool{}
+	var walk func(t reflect.Type, index []int)
+	walk = func(t reflect.Type, index []int) {
+		for i := 0; i < t.NumField(); i++ {
+			sf := t.Field(i)
+			tag := sf.Tag.Get("json")
+			if tag == "-" {
+				continue
+			}
+			name, opts, _ := strings.Cut(tag, ",")
+			idx := append(slices.Clip(index), i)
+			ft := sf.Type
+			if ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if sf.Anonymous && name == "" && ft.Kind() == reflect.Struct {
+				walk(ft, idx)
+				continue
+			}
+			if !sf.IsExported() {
+				continue
+			}
+			if name == "" {
+				name = sf.Name
+			}
+			if seen[name] {
+				continue
+			}
+			seen[name] = true
+			omit := false
+			for _, o := range strings.Split(opts, ",") {
+				omit = omit || o == "omitempty"
+			}
+			list = append(list, named{name, field{
+				prefix:    string(appendString(nil, name)) + ": ",
+				index:     idx,
+				omitEmpty: omit,
+			}})
+		}
+	}
+	walk(t, nil)
+	order := make([]int, len(list))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int {
+		ba, bb := qdictBucket(list[a].name), qdictBucket(list[b].name)
+		if ba != bb {
+			return int(ba) - int(bb)
+		}
+		return b - a // later insertion first
+	})
+	fields := make([]field, len(list))
+	for i, o := range order {
+		fields[i] = list[o].f
+	}
+	f, _ := fieldCache.LoadOrStore(t, fields)
+	return f.([]field)
+}
+
+// fieldByIndex is rv.FieldByIndex that reports a nil embedded pointer instead of panicking.
+func fieldByIndex(rv reflect.Value, index []int) (reflect.Value, bool) {
+	for i, x := range index {
+		if i > 0 && rv.Kind() == reflect.Pointer {
+			if rv.IsNil() {
+				return reflect.Value{}, false
+			}
+			rv = rv.Elem()
+		}
+		rv = rv.Field(x)
+	}
+	return rv, true
+}
+
+// isEmpty is encoding/json's omitempty test.
+func isEmpty(v reflect.Value) bool {
+	switch v.Kind() {
+	case reflect.Array, reflect.Map, reflect.Slice, reflect.String:
+		return v.Len() == 0
+	case reflect.Bool:
+		return !v.Bool()
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return v.Int() == 0
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
+		return v.Uint() == 0
+	case reflect.Float32, reflect.Float64:
+		return v.Float() == 0
+	case reflect.Interface, reflect.Pointer:
+		return v.IsNil()
+	}
+	return false
+}
+
+// appendFloat is printf("%.17g") as glibc does it.
+func appendFloat(dst []byte, f float64) []byte {
+	switch {
+	case math.IsInf(f, 1):
+		return append(dst, "inf"...)
+	case math.IsInf(f, -1):
+		return append(dst, "-inf"...)
+	case math.IsNaN(f):
+		if math.Signbit(f) {
+			return append(dst, "-nan"...)
+		}
+		return append(dst, "nan"...)
+	}
+	return strconv.AppendFloat(dst, f, 'g', 17, 64)
+}
+
+// plainASCII marks the bytes quoted_str() copies as they are.
+var plainASCII = func() (t [256]bool) {
+	for c := 0x20; c < 0x7F; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
+const hexDigits = "0123456789ABCDEF"
+
+// appendString appends s quoted as json-writer.c quoted_str() does: short escapes for
+// \" \\ \b \f \n \r \t, \uXXXX (uppercase) for every other code point below 0x20 or from 0x7F,
+// surrogate pairs beyond the BMP, and \uFFFD for each invalid modified-UTF-8 sequence. A NUL
+// byte, which a C string cannot hold, is written as \u0000 (how the reference writes the
+// modified-UTF-8 NUL that \u0000 decodes to).
+//
+// Runs of plain ASCII are copied in one piece, found eight bytes at a time: a 64 MiB base64
+// payload is scanned at memory speed and copied once.
+func appendString(dst []byte, s string) []byte {
+	if len(s) >= 4<<10 {
+		// Room for the whole string plus the rest of a typical reply, so the buffer grows once.
+		dst = slices.Grow(dst, len(s)+512)
+	}
+	dst = append(dst, '"')
+	run := 0 // start of the plain run not yet copied
+	i := 0
+	for i < len(s) {
+		for i+8 <= len(s) && plain8(s, i) {
+			i += 8
+		}
+		if i >= len(s) {
+			break
+		}
+		c := s[i]
+		if plainASCII[c] {
+			i++
+			continue
+		}
+		dst = append(dst, s[run:i]...)
+		switch c {
+		case '"':
+			dst = append(dst, `\"`...)
+		case '\\':
+			dst = append(dst, `\\`...)
+		case '\b':
+			dst = append(dst, `\b`...)
+		case '\f':
+			dst = append(dst, `\f`...)
+		case '\n':
+			dst = append(dst, `\n`...)
+		case '\r':
+			dst = append(dst, `\r`...)
+		case '\t':
+			dst = append(dst, `\t`...)
+		default:
+			if c < 0x80 {
+				dst = appendU(dst, int32(c))
+				i++
+				run = i
+				continue
+			}
+			cp, size := modUTF8(s[i:])
+			i += size
+			run = i
+			switch {
+			case cp < 0:
+				dst = appendU(dst, 0xFFFD)
+			case cp > 0xFFFF:
+				dst = appendU(dst, 0xD800+(cp-0x10000)>>10)
+				dst = appendU(dst, 0xDC00+(cp-0x10000)&0x3FF)
+			default:
+				dst = appendU(dst, cp)
+			}
+			continue
+		}
+		i++
+		run = i
+	}
+	dst = append(dst, s[run:]...)
+	return append(dst, '"')
+}
+
+// plain8 reports whether s[i:i+8] holds only plain ASCII: no byte below 0x20 or from 0x7F, no
+// quote, no backslash. It may say no for a plain block (the caller then looks byte by byte),
+// never yes for one that is not.
+func plain8(s string, i int) bool {
+	x := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
+		uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+	const (
+		ones = 0x0101010101010101
+		high = 0x8080808080808080
+	)
+	hasZero := func(v uint64) uint64 { return (v - ones) & ^v & high }
+	bad := x&high |
+		(x-0x20*ones)&^x&high | // < 0x20
+		hasZero(x^'"'*ones) |
+		hasZero(x^'\\'*ones) |
+		hasZero(x^0x7F*ones)
+	return bad == 0
+}
+
+// appendU appends \uXXXX with uppercase hex digits.
+func appendU(dst []byte, cp int32) []byte {
+	return append(dst, '\\', 'u', hexDigits[cp>>12&0xF], hexDigits[cp>>8&0xF], hexDigits[cp>>4&0xF],
+		hexDigits[cp&0xF])
+}
