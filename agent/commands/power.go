@@ -397,9 +397,11 @@ func sysfsSelection(env *Env, path string) (string, bool) {
 	return "", false
 }
 
-// writeSysfs writes a sysfs attribute in one write, without creating or truncating it.
+// writeSysfs writes a sysfs attribute in one write, without creating it.
 func writeSysfs(env *Env, path, value string) error {
-	f, err := os.OpenFile(hostPath(env, path), os.O_WRONLY, 0)
+	// O_TRUNC as a shell redirection does: harmless on sysfs, and a plain file (in tests)
+	// then holds exactly what was written.
+	f, err := os.OpenFile(hostPath(env, path), os.O_WRONLY|os.O_TRUNC, 0)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", path, err)
 	}
