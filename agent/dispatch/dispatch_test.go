@@ -176,8 +176,8 @@ func TestIDIsEchoedForEveryObjectRequest(t *testing.T) {
 			`{"execute":"guest-sync","arguments":{"id":5},"id":` + id + `}`, // success
 			`{"execute":"guest-sync","id":` + id + `}`,                      // argument error
 			`{"execute":"guest-nope","id":` + id + `}`,                      // unknown command
-			`{"id":` + id + `}`,                                             // no execute
-			`{"execute":"guest-ping","bad":1,"id":` + id + `}`,              // unexpected member
+			`{"id":` + id + `}`, // no execute
+			`{"execute":"guest-ping","bad":1,"id":` + id + `}`, // unexpected member
 		} {
 			resp, reply := dispatch(t, d, req)
 			want, _ := reftest.Decode([]byte(id))
