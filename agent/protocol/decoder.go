@@ -1,6 +1,9 @@
 package protocol
 
-import "unsafe"
+import (
+	"encoding/binary"
+	"unsafe"
+)
 
 // Limits of QEMU's qobject/json-streamer.c, with the same meaning: errors name them as
 // "JSON token size limit exceeded", "JSON token count limit exceeded" and "JSON nesting depth
@@ -72,19 +75,17 @@ func (d *Decoder) Feed(p []byte, emit func(Message)) {
 				continue
 			}
 		case lxDQString, lxSQString:
-			plain := &plainDQ
-			if d.state == lxSQString {
-				plain = &plainSQ
-			}
 			// Stop where the token would outgrow its limit, the byte at which json-lexer.c
 			// cuts it off.
 			limit := min(len(p), i+MaxTokenSize+1-len(d.tok))
-			j := i
-			for j < limit && plain[p[j]] {
-				j++
+			var j int
+			if d.state == lxDQString {
+				j = plainRun(p, i, limit, '"', &plainDQ)
+			} else {
+				j = plainRun(p, i, limit, '\'', &plainSQ)
 			}
 			if j > i {
-				d.tok = append(d.tok, p[i:j]...)
+				d.appendToken(p[i:j])
 				i = j
 				d.checkTokenSize()
 				continue
@@ -136,6 +137,52 @@ func (d *Decoder) Reset() {
 	d.tok = nil
 	d.afterNesting = false
 	d.resetMessage()
+}
+
+// appendToken adds b to the token being read. Long tokens grow by doubling, up to the size
+// at which the lexer cuts them off: a 64 MiB string arriving 4 KiB at a time is copied about
+// twice rather than the five times append's gentler growth would cost.
+func (d *Decoder) appendToken(b []byte) {
+	if need := len(d.tok) + len(b); need > cap(d.tok) && cap(d.tok) >= 64<<10 {
+		grown := make([]byte, len(d.tok), min(max(2*cap(d.tok), need), MaxTokenSize+1))
+		copy(grown, d.tok)
+		d.tok = grown
+	}
+	d.tok = append(d.tok, b...)
+}
+
+// plainRun returns the end of the run of string bytes from p[i] (before limit) that leave a
+// string as it is: 0x20..0xFD but the quote and the backslash. It looks at eight bytes at a
+// time.
+func plainRun(p []byte, i, limit int, quote byte, plain *[256]bool) int {
+	const (
+		ones = 0x0101010101010101
+		high = 0x8080808080808080
+	)
+	q := uint64(quote) * ones
+	for i+8 <= limit {
+		x := binary.LittleEndian.Uint64(p[i:])
+		bad := (x-0x20*ones)&^x&high | // below 0x20
+			hasZero(x^q) | hasZero(x^'\\'*ones) |
+			hasZero((x&(0xFE*ones))^(0xFE*ones)) // 0xFE or 0xFF
+		if bad != 0 {
+			break
+		}
+		i += 8
+	}
+	for i < limit && plain[p[i]] {
+		i++
+	}
+	return i
+}
+
+// hasZero is non-zero when some byte of v is zero.
+func hasZero(v uint64) uint64 {
+	const (
+		ones = 0x0101010101010101
+		high = 0x8080808080808080
+	)
+	return (v - ones) & ^v & high
 }
 
 // endToken starts the next token in state s.

@@ -432,7 +432,6 @@ func plain8(s string, i int) bool {
 		ones = 0x0101010101010101
 		high = 0x8080808080808080
 	)
-	hasZero := func(v uint64) uint64 { return (v - ones) & ^v & high }
 	bad := x&high |
 		(x-0x20*ones)&^x&high | // < 0x20
 		hasZero(x^'"'*ones) |

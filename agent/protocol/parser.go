@@ -1,6 +1,9 @@
 package protocol
 
-import "strconv"
+import (
+	"encoding/binary"
+	"strconv"
+)
 
 // QEMU's json-parser.c is a recursive-descent parser that runs over a message's whole token
 // list once the streamer decides the message is complete. This parser takes the tokens one at
@@ -268,6 +271,13 @@ func decodeString(tok []byte) (n int, msg string) {
 	end := len(tok) - 1 // the closing quote
 	r := 1
 	// Most strings are plain ASCII without escapes: they stay where they are.
+	for r+8 <= end {
+		x := binary.LittleEndian.Uint64(tok[r:])
+		if x&0x8080808080808080|hasZero(x^'\\'*0x0101010101010101) != 0 {
+			break
+		}
+		r += 8
+	}
 	for r < end {
 		c := tok[r]
 		if c == '\\' || c >= 0x80 {
