@@ -56,8 +56,8 @@ func TestConsoleRun(t *testing.T) {
 		{"printf ''; exit 7", "", 7},
 		{"echo out; echo err >&2; false", "out\nerr\n", 1},
 		{`echo "it's $((6*7))"`, "it's 42\n", 0},
-		{"cat", "", 0},                        // reads /dev/null, not the harness's next line
-		{"if then", "", 2},                    // a syntax error fails the command, not the console
+		{"cat", "", 0},                               // reads /dev/null, not the harness's next line
+		{"if then", "", 2},                           // a syntax error fails the command, not the console
 		{"printf 'a\\n\\nb\\n\\n'", "a\n\nb\n\n", 0}, // blank lines and trailing newlines are output
 		{"cd /; pwd", "/\n", 0},
 		{"pwd", "", -1}, // checked below: the cd did not stick
