@@ -49,6 +49,15 @@ func fsfreezeStatus(env *Env) string {
 // order (children before their parents) and returns how many it froze. Any failure thaws
 // everything before the error is returned, so no path leaves a filesystem frozen.
 func fsfreezeFreeze(env *Env) (int64, error) {
+	if env.State.Frozen() {
+		// The dispatcher refuses the command while frozen (it is not on the allowlist) with
+		// this reply, the reference's. Checked here too because a second freeze would meet
+		// EBUSY everywhere, count 0 and leave the frozen state with everything still frozen.
+		return 0, &protocol.Error{
+			Class: protocol.ClassCommandNotFound,
+			Desc:  "Command guest-fsfreeze-freeze has been disabled: the agent is in frozen state",
+		}
+	}
 	if err := runFsfreezeHook(env, "freeze"); err != nil {
 		return 0, err
 	}

@@ -270,6 +270,29 @@ func TestCleanupThawsOnlyWhenFrozen(t *testing.T) {
 	}
 }
 
+// The dispatcher refuses a freeze while frozen; the handler does too, with the same reply
+// (the reference's, checked on it), before the hook or any FIFREEZE.
+func TestFsfreezeFreezeWhileFrozen(t *testing.T) {
+	root := t.TempDir()
+	sysMountinfo(t, root)
+	env := sysEnv(t, root)
+	log := filepath.Join(t.TempDir(), "hook.log")
+	env.FsfreezeHook = filepath.Join(t.TempDir(), "hook")
+	sysScript(t, env.FsfreezeHook, log, "")
+	if err := env.State.SetFrozen(true); err != nil {
+		t.Fatal(err)
+	}
+	_, err := fsfreezeFreeze(env)
+	var pe *protocol.Error
+	if !errors.As(err, &pe) || pe.Class != protocol.ClassCommandNotFound ||
+		pe.Desc != "Command guest-fsfreeze-freeze has been disabled: the agent is in frozen state" {
+		t.Errorf("freeze while frozen = %v", err)
+	}
+	if !env.State.Frozen() || sysLog(t, log) != nil {
+		t.Error("a refused freeze changed the state or ran the hook")
+	}
+}
+
 // A thaw that cannot read the mount table fails and, like the reference, stays frozen.
 func TestFsfreezeThawWithoutMountTable(t *testing.T) {
 	env := sysEnv(t, t.TempDir())

@@ -150,7 +150,8 @@ const suspendUnsupported = "the requested suspend mode is not supported by the g
 //     guest silently, where we answer "not supported";
 //   - sysfs disk and hybrid require a resume device or an active swap, or say why not;
 //   - sysfs hybrid exists (/sys/power/disk = suspend, then disk), where the reference says
-//     "not supported" on guests without systemd or pm-utils.
+//     "not supported" on guests without systemd or pm-utils;
+//   - a helper killed by a signal has failed (the reference reads its exit status as 0).
 func guestSuspend(ctx context.Context, env *Env, mode suspendMode) error {
 	supported := false
 	var lastErr error

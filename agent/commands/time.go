@@ -38,7 +38,8 @@ const (
 
 // guestSetTime sets the system clock to the given time and then the RTC from it, or, without
 // a time, the system clock from the RTC. The RTC is driven natively through /dev/rtc ioctls;
-// hwclock is only the fallback of a guest without /dev/rtc and /dev/rtc0. 7.2 answers
+// hwclock is only the fallback of a guest without /dev/rtc and /dev/rtc0, or whose RTC ioctls
+// failed. 7.2 answers
 // "unsupported" whenever /sbin/hwclock is missing; we only do when there is neither an RTC
 // device nor a hwclock, and, like 7.2, before touching the clock.
 func guestSetTime(ctx context.Context, env *Env, args dispatch.Args) error {
@@ -73,10 +74,14 @@ func guestSetTime(ctx context.Context, env *Env, args dispatch.Args) error {
 		} else {
 			err = rtcToSystem(ctx, env, rtc)
 		}
-		if err != nil {
+		if err == nil {
+			return nil
+		}
+		// hwclock has other ways to the clock (direct CMOS access on x86 when /dev/rtc is
+		// busy), so it is worth a try when there is one.
+		if hwclock = findHwclock(env); hwclock == "" {
 			return protocol.Errorf(errHwclock)
 		}
-		return nil
 	}
 
 	flag := "-s"
