@@ -39,9 +39,8 @@ const (
 // guestSetTime sets the system clock to the given time and then the RTC from it, or, without
 // a time, the system clock from the RTC. The RTC is driven natively through /dev/rtc ioctls;
 // hwclock is only the fallback of a guest without /dev/rtc and /dev/rtc0, or whose RTC ioctls
-// failed. 7.2 answers
-// "unsupported" whenever /sbin/hwclock is missing; we only do when there is neither an RTC
-// device nor a hwclock, and, like 7.2, before touching the clock.
+// failed. 7.2 answers "unsupported" whenever /sbin/hwclock is missing; we only do when there
+// is neither an RTC device nor a hwclock, and, like 7.2, before touching the clock.
 func guestSetTime(ctx context.Context, env *Env, args dispatch.Args) error {
 	rtc := findRTC(env)
 	hwclock := ""
@@ -76,6 +75,9 @@ func guestSetTime(ctx context.Context, env *Env, args dispatch.Args) error {
 		}
 		if err == nil {
 			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("set-time interrupted: %w", ctx.Err())
 		}
 		// hwclock has other ways to the clock (direct CMOS access on x86 when /dev/rtc is
 		// busy), so it is worth a try when there is one.
@@ -209,7 +211,10 @@ func rtcToSystem(ctx context.Context, env *Env, dev string) error {
 	if t.Year() < 1970 {
 		return fmt.Errorf("RTC of %s reads an impossible time %v", dev, t)
 	}
-	if !tick.IsZero() {
+	if tick.IsZero() {
+		// Somewhere in the second the RTC shows: its middle halves the worst error.
+		t = t.Add(500 * time.Millisecond)
+	} else {
 		// The time that passed since the tick belongs to the new clock too.
 		t = t.Add(time.Since(tick))
 	}
