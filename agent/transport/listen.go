@@ -16,8 +16,8 @@ import (
 // listenChannel serves the clients of a listening socket one at a time, as the reference
 // does: the next client is accepted once the current one has left.
 type listenChannel struct {
-	fd     int
-	w      *waker
+	fd   int
+	w    *waker
 	opts Options
 	once sync.Once
 }
