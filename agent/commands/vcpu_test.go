@@ -1,13 +1,17 @@
 package commands
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/qgakit/qgakit/agent/dispatch"
+	"github.com/qgakit/qgakit/agent/protocol"
+	"github.com/qgakit/qgakit/schema"
 )
 
 func TestGetVCPUsMatchesTheReference(t *testing.T) {
@@ -177,4 +181,71 @@ func TestSetVCPUs(t *testing.T) {
 		_, err := guestSetVCPUs(&Env{Root: root}, sysVCPUs(sysVCPU(1, false)))
 		sysWantError(t, err, `open("/sys/devices/system/cpu/cpu1//online"): Is a directory`)
 	})
+}
+
+// sysDispatch sends one request, given as JSON, through a dispatcher that has every command
+// registered, the way the server does, and returns the encoded reply ("" when there is none).
+func sysDispatch(t *testing.T, d *dispatch.Dispatcher, request string) string {
+	t.Helper()
+	var msgs []protocol.Message
+	protocol.NewDecoder().Feed([]byte(request), func(m protocol.Message) { msgs = append(msgs, m) })
+	if len(msgs) != 1 {
+		t.Fatalf("%s decodes to %d messages", request, len(msgs))
+	}
+	resp, reply := d.Dispatch(context.Background(), msgs[0])
+	if !reply {
+		return ""
+	}
+	return strings.TrimSuffix(string(protocol.AppendResponse(nil, &resp)), "\n")
+}
+
+// The system commands are registered under their schema names and take the dispatcher's
+// argument values (set-vcpus' list of structs included); the no-reply commands send nothing
+// on success; the frozen state disables a second freeze.
+func TestSystemCommandsThroughTheDispatcher(t *testing.T) {
+	root := sysCPUTree(t)
+	sysMountinfo(t, root)
+	sysWriteFile(t, filepath.Join(root, "sbin/poweroff"), "#!/bin/sh\nexit 0\n", 0o755)
+	env := sysEnv(t, root)
+	d := dispatch.New(schema.MustLoad(), dispatch.Options{Frozen: env.State.Frozen})
+	Register(d, env)
+
+	for _, c := range []struct{ request, reply string }{
+		{`{"execute":"guest-set-vcpus","arguments":{"vcpus":[{"logical-id":1,"online":false},{"logical-id":0,"online":true,"can-offline":false}]}}`, `{"return": 2}`},
+		{`{"execute":"guest-set-vcpus","arguments":{"vcpus":[{"logical-id":0,"online":false}]}}`, `{"error": {"class": "GenericError", "desc": "logical processor #0 can't be offlined"}}`},
+		{`{"execute":"guest-shutdown"}`, ``},
+		{`{"execute":"guest-shutdown","arguments":{"mode":"off"}}`, `{"error": {"class": "GenericError", "desc": "mode is invalid (valid values are: halt|powerdown|reboot"}}`},
+		{`{"execute":"guest-suspend-ram"}`, `{"error": {"class": "GenericError", "desc": "the requested suspend mode is not supported by the guest"}}`},
+		{`{"execute":"guest-fsfreeze-status"}`, `{"return": "thawed"}`},
+		{`{"execute":"guest-fstrim","arguments":{"minimum":4096}}`, `{"return": {"paths": []}}`},
+		{`{"execute":"guest-fsfreeze-freeze"}`, `{"return": 0}`},
+		{`{"execute":"guest-fsfreeze-thaw"}`, `{"return": 0}`},
+		{`{"execute":"guest-set-time"}`, `{"error": {"class": "GenericError", "desc": "this feature or command is not currently supported"}}`},
+	} {
+		if got := sysDispatch(t, d, c.request); got != c.reply {
+			t.Errorf("%s\n got %s\nwant %s", c.request, got, c.reply)
+		}
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, "sys/devices/system/cpu/cpu1/online")); string(b) != "0\n" {
+		t.Errorf("cpu1/online = %q after set-vcpus", b)
+	}
+	for _, name := range []string{"guest-get-time", "guest-network-get-interfaces", "guest-get-vcpus"} {
+		if got := sysDispatch(t, d, `{"execute":"`+name+`"}`); !strings.HasPrefix(got, `{"return": `) {
+			t.Errorf("%s: %s", name, got)
+		}
+	}
+
+	if err := env.State.SetFrozen(true); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ request, reply string }{
+		{`{"execute":"guest-fsfreeze-freeze"}`, `{"error": {"class": "CommandNotFound", "desc": "Command guest-fsfreeze-freeze has been disabled: the agent is in frozen state"}}`},
+		{`{"execute":"guest-fsfreeze-status"}`, `{"return": "frozen"}`},
+		{`{"execute":"guest-fsfreeze-thaw"}`, `{"return": 0}`},
+		{`{"execute":"guest-fsfreeze-status"}`, `{"return": "thawed"}`},
+	} {
+		if got := sysDispatch(t, d, c.request); got != c.reply {
+			t.Errorf("frozen: %s\n got %s\nwant %s", c.request, got, c.reply)
+		}
+	}
 }
