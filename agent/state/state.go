@@ -190,6 +190,9 @@ func (s *State) SetFrozen(frozen bool) error {
 	}
 	s.frozen = frozen
 	if frozen {
+		if err := os.MkdirAll(s.dir, 0o700); err != nil {
+			return fmt.Errorf("create state directory: %w", err)
+		}
 		// O_CREAT|O_WRONLY, 0600: the reference's ga_create_file. Written before the
 		// filesystems are frozen, so FIFREEZE itself makes it durable.
 		f, err := os.OpenFile(s.path(FrozenFile), os.O_CREATE|os.O_WRONLY, 0o600)

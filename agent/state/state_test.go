@@ -241,6 +241,20 @@ func TestFrozenMarker(t *testing.T) {
 	}
 }
 
+func TestFrozenMarkerInAMissingDirectory(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "not", "yet")
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetFrozen(true); err != nil {
+		t.Fatalf("SetFrozen(true) before the directory exists: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, FrozenFile)); err != nil {
+		t.Fatalf("marker not created: %v", err)
+	}
+}
+
 func TestFrozenStateChangesEvenWhenTheMarkerCannotBeWritten(t *testing.T) {
 	dir := t.TempDir()
 	s, err := Open(dir)
