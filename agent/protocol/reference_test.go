@@ -264,3 +264,52 @@ func TestReferenceKeepsStateAcrossClients(t *testing.T) {
 		t.Fatalf("reference: %q, want %q", got, want)
 	}
 }
+
+// TestReferenceStrayText checks our string escaping against the reference's quoted_str() on
+// arbitrary bytes: a string cut off by a control character comes back raw in the "stray"
+// error text, invalid UTF-8 and all.
+func TestReferenceStrayText(t *testing.T) {
+	ref := startReference(t)
+	rng := rand.New(rand.NewPCG(3, 5))
+	piece := func(b []byte) []byte {
+		switch rng.IntN(6) {
+		case 0: // any string byte but the quote
+			c := byte(0x20 + rng.IntN(0xFE-0x20))
+			if c == '"' {
+				c = '#'
+			}
+			return append(b, c)
+		case 1: // a high byte
+			return append(b, byte(0x80+rng.IntN(0x7E)))
+		case 2: // a code point, valid or not (surrogates, noncharacters, beyond U+10FFFF)
+			cp := rng.Int32N(0x140000)
+			if rng.IntN(4) == 0 {
+				cp = []int32{0xD800, 0xDFFF, 0xFFFE, 0xFFFF, 0xFDD0, 0x10FFFF, 0x1FFFE, 0x110000}[rng.IntN(8)]
+			}
+			return append(b, 0xF0|byte(cp>>18)&0x07, 0x80|byte(cp>>12)&0x3F, 0x80|byte(cp>>6)&0x3F, 0x80|byte(cp)&0x3F)[:len(b)+1+rng.IntN(4)]
+		case 3:
+			return appendModUTF8(b, 0x80+rng.Int32N(0xD000))
+		case 4:
+			return append(b, "\xc0\x80"...)
+		}
+		return append(b, "ab/\\"...)
+	}
+	n := 300
+	if testing.Short() {
+		n = 60
+	}
+	for i := 0; i < n; i++ {
+		in := []byte{'"'}
+		for k := rng.IntN(16); k >= 0; k-- {
+			in = piece(in)
+		}
+		in = append(in, 0x01)
+		got, err := ref.exchange(in)
+		if err != nil {
+			t.Fatalf("input %q: %v", in, err)
+		}
+		if o := ours(in); !slices.Equal(o, got) {
+			t.Fatalf("input %q\nours:\n%sreference:\n%s", in, summarize(o), summarize(got))
+		}
+	}
+}
