@@ -1,0 +1,13 @@
+// Package images holds the recipes of the guest images as embedded files, so that the builder in
+// harness/image (which cannot embed files outside its own directory) and the cache key it derives
+// from them see exactly the same bytes.
+package images
+
+import "embed"
+
+// Tiny is the tiny profile: tiny/modules.conf (which kernel modules the initramfs loads, and
+// when), tiny/links (symlinks the builder adds) and tiny/rootfs/ (files copied into the
+// initramfs at the same path; a file that starts with "#!" becomes executable).
+//
+//go:embed all:tiny
+var Tiny embed.FS
