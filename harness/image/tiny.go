@@ -220,7 +220,7 @@ func buildTinyOnce(ctx context.Context, root string, progress io.Writer) (*Tiny,
 
 // resolveTinyInputs asks apt and dpkg for the package versions and hashes the embedded files.
 func resolveTinyInputs(ctx context.Context) (tinyInputs, error) {
-	in := tinyInputs{Format: tinyFormat, Files: map[string]string{}}
+	in := tinyInputs{Format: tinyFormat}
 	k, err := resolveKernel(ctx, kernelMeta)
 	if err != nil {
 		return in, &staleAptError{err}
@@ -240,22 +240,28 @@ func resolveTinyInputs(ctx context.Context) (tinyInputs, error) {
 		}
 		in.Busybox = busyboxSource{Package: debPackage{Name: "busybox-static", Version: rec["Version"]}}
 	}
-	err = fs.WalkDir(images.Tiny, ".", func(p string, d fs.DirEntry, err error) error {
+	if in.Files, err = hashFiles(images.Tiny); err != nil {
+		return in, fmt.Errorf("hash embedded image files: %w", err)
+	}
+	return in, nil
+}
+
+// hashFiles maps every file of fsys to the sha256 of its contents.
+func hashFiles(fsys fs.FS) (map[string]string, error) {
+	sums := map[string]string{}
+	err := fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
 		}
-		b, err := images.Tiny.ReadFile(p)
+		b, err := fs.ReadFile(fsys, p)
 		if err != nil {
 			return err
 		}
 		sum := sha256.Sum256(b)
-		in.Files[p] = hex.EncodeToString(sum[:])
+		sums[p] = hex.EncodeToString(sum[:])
 		return nil
 	})
-	if err != nil {
-		return in, fmt.Errorf("hash embedded image files: %w", err)
-	}
-	return in, nil
+	return sums, err
 }
 
 func fileSHA256(p string) (string, error) {
