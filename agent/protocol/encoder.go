@@ -367,9 +367,7 @@ func appendString(dst []byte, s string) []byte {
 	run := 0 // start of the plain run not yet copied
 	i := 0
 	for i < len(s) {
-		for i+8 <= len(s) && plain8(s, i) {
-			i += 8
-		}
+		i = skipPlain(s, i)
 		if i >= len(s) {
 			break
 		}
@@ -422,22 +420,33 @@ func appendString(dst []byte, s string) []byte {
 	return append(dst, '"')
 }
 
-// plain8 reports whether s[i:i+8] holds only plain ASCII: no byte below 0x20 or from 0x7F, no
-// quote, no backslash. It may say no for a plain block (the caller then looks byte by byte),
-// never yes for one that is not.
-func plain8(s string, i int) bool {
-	x := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
-		uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+// skipPlain returns the end of the run of plain ASCII from s[i] (no byte below 0x20 or from
+// 0x7F, no quote, no backslash), looking at sixteen bytes at a time. It may stop early, before
+// a block holding a byte to escape; the caller then goes on byte by byte.
+func skipPlain(s string, i int) int {
 	const (
 		ones = 0x0101010101010101
 		high = 0x8080808080808080
 	)
-	bad := x&high |
-		(x-0x20*ones)&^x&high | // < 0x20
-		hasZero(x^'"'*ones) |
-		hasZero(x^'\\'*ones) |
-		hasZero(x^0x7F*ones)
-	return bad == 0
+	bad := func(x uint64) uint64 {
+		// x itself flags bytes from 0x80, x+1 flags 0x7F (exact once no byte is from 0x80),
+		// and the borrow of x-0x20 flags bytes below 0x20.
+		return (x|(x+ones)|(x-0x20*ones)&^x)&high |
+			hasZero(x^'"'*ones) |
+			hasZero(x^'\\'*ones)
+	}
+	for i+16 <= len(s) {
+		b := s[i : i+16]
+		x := uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
+			uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
+		y := uint64(b[8]) | uint64(b[9])<<8 | uint64(b[10])<<16 | uint64(b[11])<<24 |
+			uint64(b[12])<<32 | uint64(b[13])<<40 | uint64(b[14])<<48 | uint64(b[15])<<56
+		if bad(x)|bad(y) != 0 {
+			break
+		}
+		i += 16
+	}
+	return i
 }
 
 // appendU appends \uXXXX with uppercase hex digits.
