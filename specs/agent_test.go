@@ -1,0 +1,83 @@
+package specs
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"strings"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+
+	"github.com/qgakit/qgakit/harness/image"
+	"github.com/qgakit/qgakit/harness/vm"
+)
+
+// These specs check the ground every other spec stands on: the process answering on the port
+// is the binary under test, and the channel survives what hosts do to it.
+var _ = Describe("the agent channel", Ordered, cmdLabel("guest-sync-delimited", "guest-ping"), func() {
+	var guest *vm.VM
+	BeforeAll(func(ctx SpecContext) {
+		guest = bootGuest(ctx)
+	}, NodeTimeout(bootTimeout))
+
+	It("is served by the injected binary, as the console sees it", func(ctx SpecContext) {
+		By("the binary in the guest has the same sha256 as AGENT on the host")
+		want := fileSHA256(env.Agent)
+		out, err := guest.Console().RunOK(ctx, "sha256sum "+image.AgentPath)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(strings.Fields(out)).To(HaveExactElements(want, image.AgentPath))
+
+		By("the console lists it running on the agent port")
+		Expect(agentCmdlines(ctx, guest)).To(ContainElement(ContainSubstring("-p /dev/virtio-ports/org.qemu.guest_agent.0")))
+
+		By("killing it from the console: the supervisor restarts it and it answers again")
+		mark := guest.SerialMark()
+		_, err = guest.Console().RunOK(ctx, "kill -9 $(pidof agent)")
+		Expect(err).NotTo(HaveOccurred())
+		_, err = guest.WaitSerialAfter(ctx, mark, "TINY: agent-start")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(guest.Agent().Sync(ctx)).To(Succeed())
+		Expect(guest.Agent().Call(ctx, "guest-ping", nil, nil)).To(Succeed())
+	}, SpecTimeout(2*time.Minute))
+
+	It("is hot-unplugged and re-plugged over QMP, and the agent answers every time", func(ctx SpecContext) {
+		for i := range 3 {
+			By("device_del and chardev-remove of the port, then chardev-add and device_add again")
+			Expect(guest.DetachAgent(ctx)).To(Succeed(), "detach #%d", i)
+			agent, err := guest.AttachAgent(ctx)
+			Expect(err).NotTo(HaveOccurred(), "attach #%d", i)
+			Expect(agent.Call(ctx, "guest-ping", nil, nil)).To(Succeed())
+		}
+	}, SpecTimeout(3*time.Minute))
+
+	It("answers again after the host closes and reopens its end of the channel", func(ctx SpecContext) {
+		agent := guest.Agent()
+		for i := range 20 {
+			Expect(agent.Reconnect(ctx)).To(Succeed(), "reconnect #%d", i)
+			var id int64
+			Expect(agent.Call(ctx, "guest-sync", map[string]any{"id": i}, &id)).To(Succeed())
+			Expect(id).To(Equal(int64(i)))
+		}
+	}, SpecTimeout(3*time.Minute))
+})
+
+// agentCmdlines lists, through the console, the command lines of the processes running the
+// injected agent binary.
+func agentCmdlines(ctx context.Context, guest *vm.VM) []string {
+	GinkgoHelper()
+	out, err := guest.Console().RunOK(ctx, `for p in /proc/[0-9]*; do c=$(tr '\0' ' ' < $p/cmdline 2>/dev/null); case "$c" in `+image.AgentPath+`*) echo "$c";; esac; done`)
+	Expect(err).NotTo(HaveOccurred())
+	return strings.Split(strings.TrimSpace(out), "\n")
+}
+
+// fileSHA256 is the hex sha256 of a host file.
+func fileSHA256(path string) string {
+	GinkgoHelper()
+	b, err := os.ReadFile(path)
+	Expect(err).NotTo(HaveOccurred())
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
