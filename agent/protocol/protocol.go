@@ -5,6 +5,16 @@
 // Decoded values use these Go types: nil, bool, string, int64 (integers that fit),
 // uint64 (integers above math.MaxInt64 that fit 64 bits), float64 (everything else numeric),
 // []any for arrays and map[string]any for objects.
+//
+// Strings hold what the reference holds: valid modified UTF-8, where U+0000 (sent as the
+// escape \u0000 or as the raw pair) is the bytes C0 80, never a NUL byte. A path or text given with
+// \u0000 therefore reaches the system with those two bytes, as it does with qemu-ga, and the
+// encoder writes C0 80 back as \u0000.
+//
+// Replies are byte-identical to the reference's, including the order of object members: a
+// QDict prints its members in hash-bucket order (see qdict.go), which AppendValue reproduces
+// for maps and struct fields. Struct fields should be declared in the QAPI schema's member
+// order, which decides the rare ties.
 package protocol
 
 import "fmt"
