@@ -35,8 +35,8 @@ const keepTokenBuffer = 1 << 20
 // and the limits) and json-parser.c (values and error texts), including how many errors a
 // bad input draws and when. It differs in one place: after a nesting-limit error the
 // reference keeps counting the brackets that follow, so an unbalanced rest of the rejected
-// input swallows the requests after it; this decoder drops such a leftover partial message at
-// the end of its line instead, so the next line's request is answered.
+// input swallows the requests after it; this decoder drops a message still open at the end
+// of the line that had the error instead, so the next line's request is answered.
 //
 // Memory stays within one message: the values of the message being read (released as soon as
 // the message cannot fit any more) plus the token being read, whose text MaxTokenSize bounds.
@@ -54,7 +54,7 @@ type Decoder struct {
 	count          int // tokens
 	size           int // bytes of token text
 
-	// afterNesting is set by a nesting-limit error until the next message boundary or line end.
+	// afterNesting is set by a nesting-limit error until the end of its line.
 	afterNesting bool
 
 	p    parser
@@ -214,8 +214,8 @@ func (d *Decoder) checkTokenSize() {
 	}
 }
 
-// lineEnd ends a line after a nesting-limit error: a partial message that began after the
-// error is the rejected message's tail, not a request, and is dropped without a reply.
+// lineEnd ends a line that had a nesting-limit error: a message still open there began in the
+// rest of the rejected input, not as a request, and is dropped without a reply.
 func (d *Decoder) lineEnd() {
 	d.afterNesting = false
 	if d.count > 0 {
@@ -270,7 +270,6 @@ func (d *Decoder) token(typ uint8) {
 		m.Err = &Error{Class: ClassGenericError, Desc: "JSON parse error, premature EOI"}
 	}
 	d.resetMessage()
-	d.afterNesting = false
 	d.emit(m)
 }
 
@@ -331,7 +330,6 @@ func (d *Decoder) takeString(n int) string {
 // reject emits an error for the message being read and discards it.
 func (d *Decoder) reject(desc string) {
 	d.resetMessage()
-	d.afterNesting = false
 	d.emit(Message{Err: &Error{Class: ClassGenericError, Desc: desc}})
 }
 

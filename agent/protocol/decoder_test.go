@@ -264,7 +264,14 @@ func TestNestingErrorDoesNotSwallowNextRequest(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("got:\n%swant:\n%s", summarize(got), summarize(want))
 	}
-	// The leftover of one line only: a message that starts after the line end is untouched.
+	// Whatever the rest of that line holds, what is still open at its end is dropped.
+	in = strings.Repeat("[", 1025) + "[] [\n" + ping + "\n"
+	got = replies(NewDecoder(), []byte(in))
+	want = []string{gerr("JSON nesting depth limit exceeded"), notObj, pong}
+	if !slices.Equal(got, want) {
+		t.Fatalf("got:\n%swant:\n%s", summarize(got), summarize(want))
+	}
+	// The line of the error only: a message that starts after the line end is untouched.
 	in = strings.Repeat("[", 1026) + "\n[\n1\n]\n"
 	got = replies(NewDecoder(), []byte(in))
 	want = []string{gerr("JSON nesting depth limit exceeded"), notObj}

@@ -233,6 +233,20 @@ func TestReferenceNestingDeviation(t *testing.T) {
 	if o := ours(in); !slices.Equal(o, wantOurs) {
 		t.Errorf("ours:\n%swant:\n%s", summarize(o), summarize(wantOurs))
 	}
+
+	// The same when the leftover opens after other messages on that line.
+	in = []byte(strings.Repeat("[", 1025) + "[] [\n" + ping + "\n]")
+	if got, err = ref.exchange(in); err != nil {
+		t.Fatalf("%v", err)
+	}
+	wantRef = []string{gerr("JSON nesting depth limit exceeded"), notObj, notObj}
+	if !slices.Equal(got, wantRef) {
+		t.Errorf("reference:\n%swant:\n%s", summarize(got), summarize(wantRef))
+	}
+	wantOurs = []string{gerr("JSON nesting depth limit exceeded"), notObj, pong, perr("expecting value")}
+	if o := ours(in); !slices.Equal(o, wantOurs) {
+		t.Errorf("ours:\n%swant:\n%s", summarize(o), summarize(wantOurs))
+	}
 }
 
 // The reference keeps its parser state across unix-listen clients: a message begun by one
