@@ -56,6 +56,9 @@ func (s *fdStream) Read(ctx context.Context, p []byte) (int, error) {
 					return 0, err
 				}
 			}
+		case errors.Is(err, unix.ECONNRESET) && !s.device:
+			// A client that closed with replies unread: it is gone, like at EOF.
+			return 0, io.EOF
 		case err != nil:
 			return 0, fmt.Errorf("read channel: %w", err)
 		case !s.device:

@@ -1,0 +1,157 @@
+// Package server is the agent's main loop: it reads what the host sends, feeds the stream
+// decoder, runs each request to completion in order (like the reference, a slow command holds
+// up everything behind it and nothing more is read meanwhile) and writes each reply whole.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/qgakit/qgakit/agent/protocol"
+	"github.com/qgakit/qgakit/agent/transport"
+)
+
+// Dispatcher answers one decoded message; *dispatch.Dispatcher is one.
+type Dispatcher interface {
+	Dispatch(ctx context.Context, m protocol.Message) (resp protocol.Response, reply bool)
+}
+
+// readSize is the reference's QGA_READ_COUNT_DEFAULT.
+const readSize = 4096
+
+// keepReplyBuffer is the largest reply buffer kept between replies: a 64 MiB guest-file-read
+// reply must not pin 64 MiB for the agent's lifetime.
+const keepReplyBuffer = 1 << 20
+
+// shutdownGrace is how long a reply that is being written when the agent is told to stop
+// may still take: the command already ran, so its reply should reach the host, but a host
+// that does not read must not keep the agent from exiting.
+const shutdownGrace = 2 * time.Second
+
+// Server serves one channel.
+type Server struct {
+	Channel    transport.Channel
+	Dispatcher Dispatcher
+	Log        *Logger // nil logs nothing
+	// AfterMessage, when set, runs after every message has been answered.
+	AfterMessage func()
+
+	dec   *protocol.Decoder
+	reply []byte
+}
+
+// Serve answers requests until ctx is done (it then returns nil) or the channel fails. The
+// decoder's state survives across calls for a device channel, as the reference's parser
+// survives a reopened channel.
+func (s *Server) Serve(ctx context.Context) error {
+	if s.dec == nil {
+		s.dec = protocol.NewDecoder()
+	}
+	writeCtx, stopWrites := graceContext(ctx, shutdownGrace)
+	defer stopWrites()
+	buf := make([]byte, readSize)
+	for {
+		st, err := s.Channel.Accept(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("accept client: %w", err)
+		}
+		if s.Channel.PerClient() {
+			s.dec.Reset()
+		}
+		err = s.serveStream(ctx, writeCtx, st, buf)
+		if s.Channel.PerClient() {
+			st.Close()
+		}
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case errors.Is(err, io.EOF):
+			s.Log.Debugf("received EOF")
+		case err != nil && s.Channel.PerClient():
+			// One client's broken connection is no reason to stop serving the next; the
+			// reference exits here, which a client that hangs up mid-reply can trigger.
+			s.Log.Warningf("error reading channel: %v", err)
+		case err != nil:
+			s.Log.Warningf("error reading channel")
+			return err
+		}
+	}
+}
+
+func (s *Server) serveStream(ctx, writeCtx context.Context, st transport.Stream, buf []byte) error {
+	emit := func(m protocol.Message) {
+		if ctx.Err() != nil {
+			return
+		}
+		s.handle(ctx, writeCtx, st, m)
+	}
+	for {
+		n, err := st.Read(ctx, buf)
+		if err != nil {
+			return err
+		}
+		if s.Log.On(LevelDebug) {
+			s.Log.Debugf("read data, count: %d, data: %s", n, cString(buf[:n]))
+		}
+		s.dec.Feed(buf[:n], emit)
+	}
+}
+
+// handle runs one message and sends its reply. The command runs to completion even if the
+// agent is told to stop meanwhile, as in the reference, whose signal handler only ends the
+// main loop.
+func (s *Server) handle(ctx, writeCtx context.Context, st transport.Stream, m protocol.Message) {
+	s.Log.Debugf("process_event: called")
+	if m.Err == nil {
+		s.Log.Debugf("processing command")
+	}
+	resp, reply := s.Dispatcher.Dispatch(context.WithoutCancel(ctx), m)
+	if reply {
+		s.reply = protocol.AppendResponse(s.reply[:0], &resp)
+		s.Log.Debugf("sending data, count: %d", len(s.reply))
+		if err := st.WriteAll(writeCtx, s.reply); err != nil {
+			s.Log.Warningf("error sending error response: %v", err)
+		}
+		if cap(s.reply) > keepReplyBuffer {
+			s.reply = nil
+		}
+	}
+	if s.AfterMessage != nil {
+		s.AfterMessage()
+	}
+}
+
+// graceContext returns a context that ends grace after parent does, and a function that
+// ends it at once and releases its resources.
+func graceContext(parent context.Context, grace time.Duration) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
+	stop := context.AfterFunc(parent, func() {
+		t := time.NewTimer(grace)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancel()
+		case <-ctx.Done():
+		}
+	})
+	return ctx, func() {
+		stop()
+		cancel()
+	}
+}
+
+// cString is the data as the reference's debug line shows it: up to the first NUL.
+func cString(b []byte) string {
+	for i, c := range b {
+		if c == 0 {
+			return string(b[:i])
+		}
+	}
+	return string(b)
+}
