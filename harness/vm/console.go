@@ -10,6 +10,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/qgakit/qgakit/harness/qmp"
 )
@@ -28,6 +29,9 @@ import (
 type Console struct {
 	conn net.Conn
 	wmu  sync.Mutex // one writer at a time
+
+	readyMu sync.Mutex
+	ready   bool
 
 	mu      sync.Mutex
 	buf     []byte // received, not yet consumed by a finished command
@@ -107,9 +111,46 @@ type Command struct {
 	nonce string
 }
 
+// WaitReady waits until the console shell runs commands, by sending an empty command until one
+// completes; Start does this by itself before the first command. It is needed because a guest's
+// "ready" line can come before the shell has set its line raw and started reading: bytes sent
+// earlier are lost, or echoed by a cooked line and never run. Later attempts have new nonces,
+// so the output of an earlier one that runs late is skipped.
+func (c *Console) WaitReady(ctx context.Context) error {
+	c.readyMu.Lock()
+	defer c.readyMu.Unlock()
+	if c.ready {
+		return nil
+	}
+	attempt := time.Second
+	for n := 1; ; n++ {
+		actx, cancel := context.WithTimeout(ctx, attempt)
+		p, err := c.send(actx, ":")
+		if err == nil {
+			_, _, err = p.Wait(actx)
+		}
+		cancel()
+		if err == nil {
+			c.ready = true
+			return nil
+		}
+		if ctx.Err() != nil || errors.Is(err, errConsoleClosed) {
+			return fmt.Errorf("console: shell not answering after %d attempts: %w", n, err)
+		}
+		attempt = min(2*attempt, 8*time.Second)
+	}
+}
+
 // Start sends cmd without waiting for it: for commands expected to block (a write to a frozen
 // filesystem), whose completion a later Wait observes.
 func (c *Console) Start(ctx context.Context, cmd string) (*Command, error) {
+	if err := c.WaitReady(ctx); err != nil {
+		return nil, err
+	}
+	return c.send(ctx, cmd)
+}
+
+func (c *Console) send(ctx context.Context, cmd string) (*Command, error) {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	nonce := hex.EncodeToString(b[:])

@@ -14,6 +14,13 @@ import (
 // the way the guest's ttyS1 shell reads and writes its line.
 func shellConsole(t *testing.T) *Console {
 	t.Helper()
+	return lateShellConsole(t, 0)
+}
+
+// lateShellConsole is shellConsole with a shell that starts only after the first lost lines
+// have arrived, echoed and never run: what a guest does while its line is not raw yet.
+func lateShellConsole(t *testing.T, lost int) *Console {
+	t.Helper()
 	sh := "/bin/sh"
 	if bb, err := exec.LookPath("busybox"); err == nil {
 		sh = bb
@@ -28,17 +35,47 @@ func shellConsole(t *testing.T) *Console {
 	}
 	cmd := exec.Command(sh, args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = guest, guest, guest
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	guest.Close()
+	started := make(chan error, 1)
+	go func() {
+		// Byte by byte, so that nothing after the lost lines is consumed here.
+		b := make([]byte, 1)
+		var line []byte
+		for n := 0; n < lost; {
+			if _, err := guest.Read(b); err != nil {
+				started <- err
+				return
+			}
+			line = append(line, b[0])
+			if b[0] == '\n' {
+				guest.Write(append([]byte("echo of a cooked line: "), line[3:]...))
+				line, n = nil, n+1
+			}
+		}
+		started <- cmd.Start()
+		guest.Close()
+	}()
 	c := newConsole(host)
 	t.Cleanup(func() {
 		host.Close()
-		cmd.Process.Kill()
-		cmd.Wait()
+		if err := <-started; err == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
 	})
 	return c
+}
+
+func TestConsoleWaitsForALateShell(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := lateShellConsole(t, 2)
+	out, err := c.RunOK(ctx, "echo first")
+	if err != nil || out != "first\n" {
+		t.Errorf("first command = %q, %v", out, err)
+	}
+	if err := c.WaitReady(ctx); err != nil {
+		t.Errorf("WaitReady once ready: %v", err)
+	}
 }
 
 func TestConsoleRun(t *testing.T) {
@@ -148,7 +185,7 @@ func TestConsoleClosed(t *testing.T) {
 	defer host.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	p, err := c.Start(ctx, "echo x")
+	p, err := c.send(ctx, "echo x")
 	if err != nil {
 		t.Fatal(err)
 	}
