@@ -71,6 +71,8 @@ type Fixture struct {
 	stderr *syncBuffer
 	conn   net.Conn
 	r      *bufio.Reader
+	// Where says which step is running, for failure messages.
+	Where string
 }
 
 type syncBuffer struct {
@@ -217,7 +219,7 @@ func (f *Fixture) Read() Reply {
 	f.conn.SetReadDeadline(time.Now().Add(ioTimeout))
 	line, err := f.r.ReadBytes('\n')
 	if err != nil {
-		f.T.Fatalf("read reply from %s: %v (partial %q)\nstderr:\n%s", f.Agent.Name, err, abbrev(line), f.stderr.String())
+		f.T.Fatalf("%s: read reply from %s: %v (partial %q)\nstderr:\n%s", f.Where, f.Agent.Name, err, abbrev(line), f.stderr.String())
 	}
 	rep := Reply{Raw: line}
 	body := line

@@ -62,6 +62,7 @@ func (c Case) Run(t *testing.T, a Agent) {
 
 func runStep(t *testing.T, f *Fixture, i int, s Step) {
 	t.Helper()
+	f.Where = fmt.Sprintf("step %d (%q)", i, abbrev([]byte(s.Send)))
 	if s.Do != nil {
 		s.Do(t, f)
 	}
