@@ -93,7 +93,9 @@ func TestCallReadsHugeRepliesWhole(t *testing.T) {
 		}
 		return pingOnly(cmd, nil)
 	})
-	ctx := ctxT(t)
+	// Generous: under -race, encoding and decoding 67 MB takes most of a minute.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
 	var r struct {
 		Count int    `json:"count"`
 		Buf   []byte `json:"buf-b64"`

@@ -176,7 +176,9 @@ func (v *VM) HotAddDisk(ctx context.Context, port string, d Disk) error {
 		dev["serial"] = d.Serial
 	}
 	if err := m.Execute(ctx, "device_add", dev, nil); err != nil {
-		_ = m.Execute(context.WithoutCancel(ctx), "blockdev-del", map[string]any{"node-name": d.Node}, nil)
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		_ = m.Execute(dctx, "blockdev-del", map[string]any{"node-name": d.Node}, nil)
 		return fmt.Errorf("vm: hot-add disk %s: %w", d.Node, err)
 	}
 	return nil

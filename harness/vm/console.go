@@ -67,6 +67,12 @@ func (c *Console) read() {
 	}
 }
 
+func (c *Console) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
+}
+
 // Transcript is the record of what was sent to and received from the console.
 func (c *Console) Transcript() *qmp.Transcript { return c.tr }
 
@@ -134,7 +140,7 @@ func (c *Console) WaitReady(ctx context.Context) error {
 			c.ready = true
 			return nil
 		}
-		if ctx.Err() != nil || errors.Is(err, errConsoleClosed) {
+		if ctx.Err() != nil || errors.Is(err, errConsoleClosed) || c.isClosed() {
 			return fmt.Errorf("console: shell not answering after %d attempts: %w", n, err)
 		}
 		attempt = min(2*attempt, 8*time.Second)
@@ -170,6 +176,9 @@ func (c *Console) send(ctx context.Context, cmd string) (*Command, error) {
 		_ = c.conn.SetWriteDeadline(timeZero)
 	}
 	if err != nil {
+		if c.isClosed() {
+			err = fmt.Errorf("%w (%w)", errConsoleClosed, err)
+		}
 		return nil, fmt.Errorf("console: send %q: %w", cmd, err)
 	}
 	return &Command{c: c, cmd: cmd, nonce: nonce}, nil

@@ -296,3 +296,54 @@ func TestSweepSparesLiveOwners(t *testing.T) {
 		}
 	}
 }
+
+// fakeTB is enough of a testing.TB to drive StartT's cleanup by hand.
+type fakeTB struct {
+	name     string
+	failed   bool
+	cleanups []func()
+	logs     []string
+}
+
+func (f *fakeTB) Helper()                   {}
+func (f *fakeTB) Name() string              { return f.name }
+func (f *fakeTB) Failed() bool              { return f.failed }
+func (f *fakeTB) Cleanup(fn func())         { f.cleanups = append(f.cleanups, fn) }
+func (f *fakeTB) Logf(s string, a ...any)   { f.logs = append(f.logs, fmt.Sprintf(s, a...)) }
+func (f *fakeTB) Fatalf(s string, a ...any) { panic(fmt.Sprintf(s, a...)) }
+func (f *fakeTB) cleanup() {
+	for i := len(f.cleanups) - 1; i >= 0; i-- {
+		f.cleanups[i]()
+	}
+}
+
+func TestStartTWritesArtifactsOnFailure(t *testing.T) {
+	needQEMU(t)
+	arts := t.TempDir()
+	t.Setenv("ARTIFACTS", arts)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for _, failed := range []bool{false, true} {
+		tb := &fakeTB{name: fmt.Sprintf("Suite/spec failed=%v: it's [odd]", failed)}
+		v := StartT(tb, ctx, WithTempRoot(t.TempDir()), WithMemory(128))
+		if !strings.Contains(strings.Join(tb.logs, "\n"), "qemu: ") {
+			t.Errorf("the command line did not reach tb.Logf: %q", tb.logs)
+		}
+		tb.failed = failed
+		tb.cleanup()
+		if _, err := os.Stat(v.Dir()); !os.IsNotExist(err) {
+			t.Errorf("StartT cleanup left %s", v.Dir())
+		}
+		dir := ArtifactDir(arts, tb.name)
+		_, err := os.Stat(filepath.Join(dir, "qemu-cmdline.txt"))
+		if failed && err != nil {
+			t.Errorf("no artifacts for a failed test in %s: %v", dir, err)
+		}
+		if !failed && err == nil {
+			t.Errorf("artifacts written for a passing test")
+		}
+	}
+	if got := ArtifactDir("/a", "Suite/spec failed=true: it's [odd]"); got != "/a/Suite_spec_failed_true_it_s_odd" {
+		t.Errorf("ArtifactDir = %s", got)
+	}
+}
