@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -50,7 +49,7 @@ func (a *agent) start() error {
 		r, err := becomeDaemon()
 		if err != nil {
 			glibMessage(a.stderr, "CRITICAL", "failed to daemonize: %v", err)
-			return exitError(1)
+			return failed(err.Error())
 		}
 		if r == nil {
 			panic("unreachable: the parent of a daemon exits in becomeDaemon")
@@ -70,7 +69,7 @@ func (a *agent) init() error {
 		a.log = server.NewLogger(a.stderr, "", a.cfg.Verbose)
 		a.log.Criticalf("failed to load persistent state: %v", err)
 		a.log.Criticalf("error initializing guest agent")
-		return exitError(1)
+		return failed(fmt.Sprintf("failed to load persistent state: %v", err))
 	}
 	a.st = st
 	frozen := st.Frozen()
@@ -89,9 +88,10 @@ func (a *agent) init() error {
 		f, err := server.OpenLogFile(a.cfg.LogFile)
 		if err != nil {
 			a.log = server.NewLogger(a.stderr, "", a.cfg.Verbose)
-			a.log.Criticalf("unable to open specified log file: %s", errtext.Strerror(err))
+			msg := "unable to open specified log file: " + errtext.Strerror(err)
+			a.log.Criticalf("%s", msg)
 			a.log.Criticalf("error initializing guest agent")
-			return exitError(1)
+			return failed(msg)
 		}
 		a.log = server.NewLogger(f, "", a.cfg.Verbose)
 	default:
@@ -106,7 +106,7 @@ func (a *agent) init() error {
 			a.deferredPid = true
 		} else if a.pidfile, err = writePidfile(a.cfg.PidFile); err != nil {
 			a.log.Criticalf("%v", err)
-			return exitError(1)
+			return failed(err.Error())
 		}
 	}
 
@@ -131,12 +131,12 @@ func (a *agent) init() error {
 	switch {
 	case err != nil:
 		a.log.Criticalf("%v", err)
-		return exitError(1)
+		return failed(err.Error())
 	case ok:
 		ch, err := transport.FromListener(fd, transport.Options{Debugf: a.log.Debugf})
 		if err != nil {
 			a.log.Criticalf("%v", err)
-			return exitError(1)
+			return failed(err.Error())
 		}
 		a.activated, a.activationMeth = ch, method
 	}
@@ -257,11 +257,6 @@ type readiness struct {
 func (r *readiness) ok() { r.send("ok") }
 
 func (r *readiness) fail(err error) {
-	var ex exitError
-	if errors.As(err, &ex) {
-		r.send("failed")
-		return
-	}
 	r.send("failed: " + strings.ReplaceAll(err.Error(), "\n", " "))
 }
 

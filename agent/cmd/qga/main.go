@@ -60,16 +60,23 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	a := &agent{cfg: inv.Config, stderr: stderr}
 	if err := a.start(); err != nil {
-		var ex exitError
+		var ex *exitError
 		if errors.As(err, &ex) {
-			return int(ex)
+			return ex.code
 		}
 		return 1
 	}
 	return a.serve()
 }
 
-// exitError ends the process with a status after its message has been logged.
-type exitError int
+// exitError ends the process with a status after its message has been logged; the message
+// also goes to the parent of a daemon, whose standard error is still the user's.
+type exitError struct {
+	code int
+	msg  string
+}
 
-func (e exitError) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+func (e *exitError) Error() string { return e.msg }
+
+// failed is the error of a start-up failure that was logged as msg.
+func failed(msg string) error { return &exitError{code: 1, msg: msg} }
