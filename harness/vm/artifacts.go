@@ -53,7 +53,7 @@ func (v *VM) Artifacts(dir string) error {
 		fill func(io.Writer) error
 	}
 	files := []artifact{
-		{"qemu-cmdline.txt", bytesOf([]byte(shellJoin(v.argv) + "\n"))},
+		{"qemu-cmdline.txt", bytesOf([]byte(reproduceNote + shellJoin(v.argv) + "\n"))},
 		{"status.txt", bytesOf([]byte(status))},
 		{"qemu-output.log", bytesOf(v.output.Bytes())},
 	}

@@ -164,8 +164,8 @@ func (c *config) qemuArgs(dir string, disks []blockDisk) ([]string, error) {
 	return append(a, c.extra...), nil
 }
 
-// shellJoin renders a command line that can be pasted into a shell to reproduce the run. The
-// inherited descriptors are noted, since a pasted line would need its own sockets.
+// shellJoin renders a command line for a shell. To rerun it by hand, replace the fd= chardevs
+// (see reproduceNote) with path sockets.
 func shellJoin(argv []string) string {
 	q := make([]string, len(argv))
 	for i, s := range argv {
@@ -183,3 +183,10 @@ func shellQuote(s string) string {
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
+
+// reproduceNote heads the command line in the artifacts: the chardevs use descriptors the
+// harness passed, which a pasted command line does not have.
+const reproduceNote = `# QEMU inherited fd 3 (QMP, a listening unix socket), fd 4 (ttyS0) and fd 5 (ttyS1, the console).
+# To rerun by hand, replace them, e.g.: -chardev socket,id=qmp,path=/tmp/qmp.sock,server=on,wait=off
+#   -chardev file,id=serial0,path=/tmp/serial0.log -chardev socket,id=console,path=/tmp/con.sock,server=on,wait=off
+`

@@ -57,7 +57,7 @@ type VM struct {
 
 // Start builds the command line, starts QEMU and connects QMP. ctx bounds the start only; the
 // VM lives until Stop, Close, a signal, or the guest powering off.
-func Start(ctx context.Context, opts ...Option) (_ *VM, err error) {
+func Start(ctx context.Context, opts ...Option) (*VM, error) {
 	cfg := defaults()
 	for _, o := range opts {
 		o(cfg)
@@ -75,26 +75,30 @@ func Start(ctx context.Context, opts ...Option) (_ *VM, err error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("vm: write owner file: %w", err)
 	}
-	// Not the named result: a failing return sets that to nil before the deferred cleanup runs.
 	v := &VM{cfg: cfg, dir: dir, log: cfg.log, exited: make(chan struct{}), output: &cappedBuffer{max: 1 << 20}}
 	register(v)
-	defer func() {
-		if err != nil {
-			v.Close()
-		}
-	}()
+	if err := v.boot(ctx); err != nil {
+		v.Close()
+		return nil, err
+	}
+	return v, nil
+}
 
-	disks, err := cfg.resolveDisks(ctx, dir)
+// boot does the work of Start on a registered VM; Start closes it on failure.
+func (v *VM) boot(ctx context.Context) error {
+	dir := v.dir
+
+	disks, err := v.cfg.resolveDisks(ctx, dir)
 	if err != nil {
-		return nil, fmt.Errorf("vm: %w", err)
+		return fmt.Errorf("vm: %w", err)
 	}
-	args, err := cfg.qemuArgs(dir, disks)
+	args, err := v.cfg.qemuArgs(dir, disks)
 	if err != nil {
-		return nil, fmt.Errorf("vm: %w", err)
+		return fmt.Errorf("vm: %w", err)
 	}
-	bin, err := exec.LookPath(cfg.qemu)
+	bin, err := exec.LookPath(v.cfg.qemu)
 	if err != nil {
-		return nil, fmt.Errorf("vm: %w (scripts/install-deps.sh e2e installs QEMU)", err)
+		return fmt.Errorf("vm: %w (scripts/install-deps.sh e2e installs QEMU)", err)
 	}
 	v.argv = append([]string{bin}, args...)
 
@@ -103,38 +107,38 @@ func Start(ctx context.Context, opts ...Option) (_ *VM, err error) {
 	qmpPath := filepath.Join(dir, "qmp.sock")
 	ln, err := net.Listen("unix", qmpPath)
 	if err != nil {
-		return nil, fmt.Errorf("vm: listen on %s: %w", qmpPath, err)
+		return fmt.Errorf("vm: listen on %s: %w", qmpPath, err)
 	}
 	ln.(*net.UnixListener).SetUnlinkOnClose(false)
 	qmpFile, err := ln.(*net.UnixListener).File()
 	ln.Close() // QEMU's copy is the only listener left: if QEMU dies, dialling fails
 	if err != nil {
-		return nil, fmt.Errorf("vm: qmp listener fd: %w", err)
+		return fmt.Errorf("vm: qmp listener fd: %w", err)
 	}
 	defer qmpFile.Close()
 	serialHost, serialQEMU, err := socketpair()
 	if err != nil {
-		return nil, fmt.Errorf("vm: ttyS0 socketpair: %w", err)
+		return fmt.Errorf("vm: ttyS0 socketpair: %w", err)
 	}
 	defer serialQEMU.Close()
 	v.sconn = serialHost
 	consoleHost, consoleQEMU, err := socketpair()
 	if err != nil {
-		return nil, fmt.Errorf("vm: ttyS1 socketpair: %w", err)
+		return fmt.Errorf("vm: ttyS1 socketpair: %w", err)
 	}
 	defer consoleQEMU.Close()
 	v.console = newConsole(consoleHost)
 
 	serialFile, err := os.Create(filepath.Join(dir, "serial0.log"))
 	if err != nil {
-		return nil, fmt.Errorf("vm: %w", err)
+		return fmt.Errorf("vm: %w", err)
 	}
-	v.serial = newSerialLog(serialFile, v.log, cfg.name+" ttyS0:")
+	v.serial = newSerialLog(serialFile, v.log, v.cfg.name+" ttyS0:")
 	go v.serial.run(serialHost)
 
 	qemuLog, err := os.Create(filepath.Join(dir, "qemu.log"))
 	if err != nil {
-		return nil, fmt.Errorf("vm: %w", err)
+		return fmt.Errorf("vm: %w", err)
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
@@ -149,10 +153,10 @@ func Start(ctx context.Context, opts ...Option) (_ *VM, err error) {
 		Pdeathsig: syscall.SIGKILL,
 	}
 	v.cmd = cmd
-	fmt.Fprintf(v.log, "%s %s qemu: %s\n", time.Now().Format("15:04:05.000"), cfg.name, shellJoin(v.argv))
+	fmt.Fprintf(v.log, "%s %s qemu: %s\n", time.Now().Format("15:04:05.000"), v.cfg.name, shellJoin(v.argv))
 	if err := v.startProcess(qemuLog); err != nil {
 		qemuLog.Close()
-		return nil, fmt.Errorf("vm: start %s: %w", bin, err)
+		return fmt.Errorf("vm: start %s: %w", bin, err)
 	}
 
 	// Connecting fails fast when QEMU exits (its listener goes away).
@@ -171,14 +175,14 @@ func Start(ctx context.Context, opts ...Option) (_ *VM, err error) {
 		// that the error can say what QEMU said.
 		select {
 		case <-v.exited:
-			return nil, fmt.Errorf("vm: QEMU exited (%v) before QMP answered: %s", v.state, bytes.TrimSpace(v.output.Bytes()))
+			return fmt.Errorf("vm: QEMU exited (%v) before QMP answered: %s", v.state, bytes.TrimSpace(v.output.Bytes()))
 		case <-time.After(5 * time.Second):
 		}
-		return nil, fmt.Errorf("vm: %w", err)
+		return fmt.Errorf("vm: %w", err)
 	}
 	v.qmp = m
 	v.logf("started pid %d in %s (QEMU %s)", v.pid, dir, m.Version())
-	return v, nil
+	return nil
 }
 
 // startProcess starts QEMU and reaps it from a goroutine locked to its OS thread: the
