@@ -201,7 +201,10 @@ func (ix *modIndex) resolve(want []string, loaded map[string]bool) ([]string, er
 }
 
 // moduleSet is the resolved early and late lists.
-type moduleSet struct{ Early, Late []string }
+type moduleSet struct {
+	Early []string `json:"early"`
+	Late  []string `json:"late"`
+}
 
 // resolveConf resolves both phases: late gets only what early did not already load.
 func (ix *modIndex) resolveConf(c moduleConf) (moduleSet, error) {
