@@ -349,3 +349,64 @@ func TestISASerial(t *testing.T) {
 		t.Fatalf("host read %q (output processing must be off)", buf[:n])
 	}
 }
+
+// A FIFO behaves like a virtio port whose host comes and goes: reads give EOF while no writer
+// is connected. The stream keeps polling through that and delivers what the next host sends.
+func TestDeviceHostReconnects(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "port")
+	if err := unix.Mkfifo(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var eofs atomic.Int32
+	ch, err := NewDeviceChannel(fd, Options{Debugf: func(format string, _ ...any) {
+		if format == "received EOF" {
+			eofs.Add(1)
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	s, _ := ch.Accept(context.Background())
+	data := make(chan []byte)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		for {
+			buf := make([]byte, 64)
+			n, err := s.Read(ctx, buf)
+			if err != nil {
+				close(data)
+				return
+			}
+			data <- buf[:n]
+		}
+	}()
+	for i, part := range []string{`{"execute":"guest-sy`, `nc","arguments":{"id":1}}`} {
+		// Each "host" connects after the agent has seen the port disconnected.
+		for eofs.Load() <= int32(i) {
+			unix.Poll(nil, 1)
+		}
+		w, err := os.OpenFile(path, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.WriteString(part)
+		w.Close()
+		var got []byte
+		for len(got) < len(part) {
+			b, ok := <-data
+			if !ok {
+				t.Fatalf("host %d: the stream ended", i)
+			}
+			got = append(got, b...)
+		}
+		if string(got) != part {
+			t.Fatalf("host %d: read %q", i, got)
+		}
+	}
+}
