@@ -172,7 +172,12 @@ func TestBootStaticAgentHotplug(t *testing.T) {
 	tiny := buildForTest(t)
 	initrd := inject(t, ctx, tiny, staticAgent(t))
 	args := []string{"-v", "-b", "guest-get-time,guest-set-time"}
-	vm := bootVM(t, ctx, tiny, vmConfig{initrd: initrd, cmdline: tiny.Cmdline(TinyOptions{AgentArgs: args})})
+	vm := bootVM(t, ctx, tiny, vmConfig{
+		initrd:  initrd,
+		cmdline: tiny.Cmdline(TinyOptions{AgentArgs: args, Extra: []string{"tiny.ip=eth1:192.168.77.15/24"}}),
+		// A second NIC: up, and addressed only because tiny.ip asks for it.
+		extra: []string{"-netdev", "user,id=n1,net=192.168.77.0/24", "-device", "virtio-net-pci,netdev=n1"},
+	})
 	ready := vm.waitSerial(ctx, "TINY: READY")
 
 	added := time.Now()
@@ -185,6 +190,10 @@ func TestBootStaticAgentHotplug(t *testing.T) {
 	vm.qmp.waitEvent(ctx, "VSERPORT_CHANGE", map[string]any{"id": "qga1", "open": true})
 	if r, err := agent.command(ctx, `{"execute": "guest-ping"}`); err != nil || fmt.Sprint(r) != "map[return:map[]]" {
 		t.Errorf("guest-ping: %v, %v", r, err)
+	}
+
+	if out, _ := vm.shell(ctx, "ip -4 -o addr show dev eth1 | awk '{print $4}'; cat /sys/class/net/eth1/operstate"); out != "192.168.77.15/24\nup\n" {
+		t.Errorf("eth1: %q", out)
 	}
 
 	want := "/opt/qga/agent\n-m\nvirtio-serial\n-p\n/dev/virtio-ports/org.qemu.guest_agent.0\n-l\n/run/qga.log\n" +
@@ -263,6 +272,55 @@ func TestBootPowerModes(t *testing.T) {
 		}
 		vm.qmp.waitEvent(ctx, "SHUTDOWN", map[string]any{"guest": true, "reason": "guest-shutdown"})
 	})
+}
+
+// Hibernation: /init tries resume= before any mount, so a guest that wrote its image to the
+// swap disk comes back, userspace and all, in a second QEMU on the same disk.
+func TestBootHibernateResume(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	tiny := buildForTest(t)
+	swap := filepath.Join(t.TempDir(), "swap.qcow2")
+	if err := CreateSwapDisk(ctx, swap, DiskSpec{}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := vmConfig{initrd: tiny.Initramfs, disks: []string{swap},
+		cmdline: tiny.Cmdline(TinyOptions{Swap: "vda", Resume: "vda"})}
+
+	first := bootVM(t, ctx, tiny, cfg)
+	first.waitSerial(ctx, "TINY: resume-none")
+	first.waitSerial(ctx, "TINY: READY")
+	out, _ := first.shell(ctx, "grep -c vda /proc/swaps; echo before-hibernation > /run/marker")
+	if out != "1\n" {
+		t.Fatalf("swap not active: %q", out)
+	}
+	// This shell line finishes only after the resume, in the second QEMU.
+	fmt.Fprintf(first.console, "echo disk > /sys/power/state; cat /run/marker; printf '\\n__QGAKIT_ab12_%%d__\\n' $?\n")
+	first.qmp.waitEvent(ctx, "SUSPEND_DISK", nil)
+	if err := first.waitExit(ctx); err != nil {
+		t.Fatalf("QEMU after hibernation: %v", err)
+	}
+
+	second := bootVM(t, ctx, tiny, cfg)
+	second.waitSerial(ctx, "TINY: resume-try vda")
+	var buf []byte
+	chunk := make([]byte, 1024)
+	if dl, ok := ctx.Deadline(); ok {
+		second.console.SetDeadline(dl)
+	}
+	for !bytes.Contains(buf, []byte("__QGAKIT_ab12_")) {
+		n, err := second.console.Read(chunk)
+		buf = append(buf, chunk[:n]...)
+		if err != nil {
+			t.Fatalf("console after resume: %q, %v", buf, err)
+		}
+	}
+	if !bytes.Contains(buf, []byte("before-hibernation\n")) {
+		t.Errorf("after resume the shell printed %q, want the marker kept in /run", buf)
+	}
+	if strings.Count(second.serial.text(), "TINY: READY") != 0 {
+		t.Errorf("the second boot ran /init to READY instead of resuming:\n%s", second.serial.text())
+	}
 }
 
 // Two processes racing to build into an empty cache: one builds, the other waits on the lock

@@ -2,14 +2,17 @@
 // test into them, and makes data disks.
 //
 // The tiny profile is Debian's cloud kernel with a busybox initramfs whose /init lives in
-// images/tiny. Contract with harness/vm (both sides honour it):
+// images/tiny (images/README.md describes it). Contract with harness/vm (both sides honour it):
 //
 //   - ttyS0 (the first -serial) carries the kernel log and /init's progress lines
 //     "TINY: <event>": "TINY: READY" once the console shell and the agent supervisor run,
 //     "TINY: agent-start" and "TINY: agent-exit rc=N" around each agent run,
-//     "TINY: shutdown <mode>" before the guest powers off, halts or reboots.
+//     "TINY: shutdown <mode>" before the guest powers off, halts or reboots,
+//     "TINY: console-start" each time a ttyS1 shell starts, "TINY: late-modules-loaded"
+//     once xfs, virtio_rng and vsock are loaded (after READY, unless disks are mounted).
 //   - ttyS1 (the second -serial) runs a root busybox sh: no prompt, raw and without echo,
-//     stdout and stderr on ttyS1, respawned when it exits.
+//     stdout and stderr on ttyS1, stdin /dev/null, respawned when it exits. Write to it only
+//     after READY; after making the shell exit, wait for the next console-start.
 //   - The supervisor runs AgentPath -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0
 //     -l /run/qga.log <qga.args> whenever that port exists, and again 0.2 s after it exits.
 //   - Network: 10.0.2.15/24 on eth0 via 10.0.2.2; every ethN up.
