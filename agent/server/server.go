@@ -78,7 +78,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			// reference exits here, which a client that hangs up mid-reply can trigger.
 			s.Log.Warningf("error reading channel: %v", err)
 		case err != nil:
-			s.Log.Warningf("error reading channel")
+			s.Log.Warningf("error reading channel: %v", err)
 			return err
 		}
 	}

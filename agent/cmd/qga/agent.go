@@ -209,14 +209,15 @@ func (a *agent) serve() int {
 		} else {
 			a.ready.ok()
 			srv.Channel = ch
-			err = srv.Serve(ctx)
+			// Serve logs why it stopped; the reference then exits with status 0, or
+			// reopens the channel with -r.
+			_ = srv.Serve(ctx)
 			if ch != a.activated {
 				ch.Close()
 			}
 			if ctx.Err() != nil || !a.cfg.RetryPath {
 				break
 			}
-			_ = err
 		}
 		a.log.Warningf("agent stopped unexpectedly, restarting...")
 		a.log.Warningf("waiting for channel path...")
