@@ -45,138 +45,138 @@ type netStats struct {
 	TxDropped uint64 `json:"tx-dropped"`
 }
 
-// Two user-mode NICs with MACs drawn per run (so no agent can know them in advance) are the
-// oracle from QEMU's configuration; the console's `ip` and /proc/net/dev are the oracle for
-// everything the guest changes. Both netdevs are restrict=on: the only traffic the specs make
-// is a ping of 10.0.2.2, which slirp answers itself, and nothing can leave QEMU.
-var _ = Describe("guest-network-get-interfaces", Ordered, cmdLabel("guest-network-get-interfaces"), func() {
-	var (
-		guest *vm.VM
-		macs  = [2]string{netRandomMAC(), netRandomMAC()}
-	)
-	BeforeAll(func(ctx SpecContext) {
-		guest = bootGuest(ctx, withVM(
-			vm.WithNIC(vm.NIC{MAC: macs[0], NetdevOptions: "restrict=on"}),
-			vm.WithNIC(vm.NIC{MAC: macs[1], NetdevOptions: "restrict=on"}),
-		))
-		By("waiting on the console until both NICs have their IPv6 link-local address (the kernel adds it when the link comes up)")
-		Eventually(ctx, func() string {
-			out, _, _ := guest.Console().Run(ctx, "ip -o -6 addr show scope link")
-			return out
-		}).WithPolling(200 * time.Millisecond).Should(And(ContainSubstring(netLinkLocal(macs[0])), ContainSubstring(netLinkLocal(macs[1]))))
-	}, NodeTimeout(bootTimeout+time.Minute))
-
-	It("reports the MACs of QEMU's -device lines, slirp's 10.0.2.15/24, lo, and exactly what the console lists", func(ctx SpecContext) {
-		ifaces := netCompareWithConsole(ctx, guest)
-
-		By("QEMU's configuration: eth0 and eth1 have the MACs given with mac=, lo has none but zeros")
-		Expect(netNames(ifaces)).To(HaveExactElements("lo", "eth0", "eth1"))
-		Expect(ifaces[0].HardwareAddress).To(HaveValue(Equal("00:00:00:00:00:00")))
-		Expect(ifaces[1].HardwareAddress).To(HaveValue(Equal(macs[0])))
-		Expect(ifaces[2].HardwareAddress).To(HaveValue(Equal(macs[1])))
-
-		By("lo has exactly 127.0.0.1/8 and ::1/128")
-		Expect(ifaces[0].IPAddresses).To(ConsistOf(
-			netIPAddress{"127.0.0.1", "ipv4", 8},
-			netIPAddress{"::1", "ipv6", 128},
-		))
-
-		By("eth0 has slirp's 10.0.2.15/24 as its only IPv4 address, and the link-local address made from its MAC")
-		Expect(netFamily(ifaces[1], "ipv4")).To(HaveExactElements(netIPAddress{"10.0.2.15", "ipv4", 24}))
-		Expect(ifaces[1].IPAddresses).To(ContainElement(netIPAddress{netLinkLocal(macs[0]), "ipv6", 64}))
-
-		By("eth1 has no IPv4 address, and the link-local address made from its MAC")
-		Expect(netFamily(ifaces[2], "ipv4")).To(BeEmpty())
-		Expect(ifaces[2].IPAddresses).To(ContainElement(netIPAddress{netLinkLocal(macs[1]), "ipv6", 64}))
-	}, SpecTimeout(2*time.Minute))
-
-	It("lists addresses the console adds in the next call, alias labels as interfaces of their own, and forgets them once deleted", func(ctx SpecContext) {
-		// Documentation prefixes (RFC 5737, RFC 3849): addresses that exist nowhere else.
-		const (
-			v4      = "198.51.100.7/25"
-			v4Label = "198.51.100.77/26"
-			v6      = "2001:db8:77::7/80"
-		)
-		console := guest.Console()
-		DeferCleanup(func(ctx SpecContext) {
-			console.Run(ctx, "ip addr del "+v4+" dev eth1; ip addr del "+v4Label+" dev eth1; ip addr del "+v6+" dev eth1")
+// describeNetwork adds the specs of guest-network-get-interfaces (their guest is in
+// time_test.go). Two user-mode NICs with MACs drawn per run are the oracle from QEMU's
+// configuration; the console's ip and /proc/net/dev are the oracle for everything the guest
+// changes. Both netdevs are restrict=on: the only traffic the specs make is a ping of
+// 10.0.2.2, which slirp answers itself, and nothing can leave QEMU.
+func describeNetwork(g *systemGuest) {
+	Describe("guest-network-get-interfaces", cmdLabel("guest-network-get-interfaces"), func() {
+		macs := &g.macs
+		BeforeEach(func(ctx SpecContext) {
+			By("waiting on the console until both NICs have their IPv6 link-local address (the kernel adds it when the link comes up)")
+			Eventually(ctx, func() string {
+				out, _, _ := g.Console().Run(ctx, "ip -o -6 addr show scope link")
+				return out
+			}).WithPolling(200 * time.Millisecond).Should(And(ContainSubstring(netLinkLocal(macs[0])), ContainSubstring(netLinkLocal(macs[1]))))
 		}, NodeTimeout(time.Minute))
 
-		By("ip addr add on the console: an IPv4 and an IPv6 address on eth1, and an IPv4 address labelled eth1:qga")
-		_, err := console.RunOK(ctx, "ip addr add "+v4+" dev eth1 && ip addr add "+v6+" dev eth1 && ip addr add "+v4Label+" dev eth1 label eth1:qga")
-		Expect(err).NotTo(HaveOccurred())
+		It("reports the MACs of QEMU's -device lines, slirp's 10.0.2.15/24, lo, and exactly what the console lists", func(ctx SpecContext) {
+			guest := g.VM
+			ifaces := netCompareWithConsole(ctx, guest)
 
-		ifaces := netCompareWithConsole(ctx, guest)
-		eth1 := netFind(ifaces, "eth1")
-		Expect(eth1.IPAddresses).To(ContainElements(
-			netIPAddress{"198.51.100.7", "ipv4", 25},
-			netIPAddress{"2001:db8:77::7", "ipv6", 80},
-		))
-		Expect(eth1.IPAddresses).NotTo(ContainElement(HaveField("Address", "198.51.100.77")))
-		By("the labelled address is an interface eth1:qga of its own, after every link (getifaddrs' order), with eth1's MAC")
-		Expect(netNames(ifaces)).To(HaveExactElements("lo", "eth0", "eth1", "eth1:qga"))
-		alias := netFind(ifaces, "eth1:qga")
-		Expect(alias.HardwareAddress).To(HaveValue(Equal(macs[1])))
-		Expect(alias.IPAddresses).To(HaveExactElements(netIPAddress{"198.51.100.77", "ipv4", 26}))
-		By("/proc/net/dev has no line for a label, so eth1:qga has no statistics")
-		Expect(alias.Statistics).To(BeNil())
+			By("QEMU's configuration: eth0 and eth1 have the MACs given with mac=, lo has none but zeros")
+			Expect(netNames(ifaces)).To(HaveExactElements("lo", "eth0", "eth1"))
+			Expect(ifaces[0].HardwareAddress).To(HaveValue(Equal("00:00:00:00:00:00")))
+			Expect(ifaces[1].HardwareAddress).To(HaveValue(Equal(macs[0])))
+			Expect(ifaces[2].HardwareAddress).To(HaveValue(Equal(macs[1])))
 
-		By("ip addr del on the console: the next call no longer lists them")
-		_, err = console.RunOK(ctx, "ip addr del "+v4+" dev eth1 && ip addr del "+v6+" dev eth1 && ip addr del "+v4Label+" dev eth1")
-		Expect(err).NotTo(HaveOccurred())
-		ifaces = netCompareWithConsole(ctx, guest)
-		Expect(netNames(ifaces)).To(HaveExactElements("lo", "eth0", "eth1"))
-		Expect(netFind(ifaces, "eth1").IPAddresses).NotTo(ContainElement(HaveField("Address", HavePrefix("198.51.100."))))
-		Expect(netFind(ifaces, "eth1").IPAddresses).NotTo(ContainElement(HaveField("Address", "2001:db8:77::7")))
-	}, SpecTimeout(2*time.Minute))
+			By("lo has exactly 127.0.0.1/8 and ::1/128")
+			Expect(ifaces[0].IPAddresses).To(ConsistOf(
+				netIPAddress{"127.0.0.1", "ipv4", 8},
+				netIPAddress{"::1", "ipv6", 128},
+			))
 
-	It("lists an interface without addresses by name and MAC only, without ip-addresses or statistics", func(ctx SpecContext) {
-		console := guest.Console()
-		DeferCleanup(func(ctx SpecContext) {
-			console.Run(ctx, "sysctl -w net.ipv6.conf.eth1.disable_ipv6=0")
-		}, NodeTimeout(time.Minute))
+			By("eth0 has slirp's 10.0.2.15/24 as its only IPv4 address, and the link-local address made from its MAC")
+			Expect(netFamily(ifaces[1], "ipv4")).To(HaveExactElements(netIPAddress{"10.0.2.15", "ipv4", 24}))
+			Expect(ifaces[1].IPAddresses).To(ContainElement(netIPAddress{netLinkLocal(macs[0]), "ipv6", 64}))
 
-		By("disabling IPv6 on eth1 from the console, which removes its only addresses")
-		_, err := console.RunOK(ctx, "sysctl -w net.ipv6.conf.eth1.disable_ipv6=1")
-		Expect(err).NotTo(HaveOccurred())
+			By("eth1 has no IPv4 address, and the link-local address made from its MAC")
+			Expect(netFamily(ifaces[2], "ipv4")).To(BeEmpty())
+			Expect(ifaces[2].IPAddresses).To(ContainElement(netIPAddress{netLinkLocal(macs[1]), "ipv6", 64}))
+		}, SpecTimeout(2*time.Minute))
 
-		ifaces := netCompareWithConsole(ctx, guest)
-		eth1 := netFind(ifaces, "eth1")
-		Expect(eth1.HardwareAddress).To(HaveValue(Equal(macs[1])))
-		Expect(eth1.IPAddresses).To(BeNil(), "ip-addresses must be absent, not empty")
-		// The reference fills statistics only for interfaces that have an address.
-		Expect(eth1.Statistics).To(BeNil())
+		It("lists addresses the console adds in the next call, alias labels as interfaces of their own, and forgets them once deleted", func(ctx SpecContext) {
+			guest := g.VM
+			// Documentation prefixes (RFC 5737, RFC 3849): addresses that exist nowhere else.
+			const (
+				v4      = "198.51.100.7/25"
+				v4Label = "198.51.100.77/26"
+				v6      = "2001:db8:77::7/80"
+			)
+			console := guest.Console()
+			DeferCleanup(func(ctx SpecContext) {
+				console.Run(ctx, "ip addr del "+v4+" dev eth1; ip addr del "+v4Label+" dev eth1; ip addr del "+v6+" dev eth1")
+			}, NodeTimeout(time.Minute))
 
-		By("re-enabling IPv6: the link-local address made from the MAC is back in the next call")
-		_, err = console.RunOK(ctx, "sysctl -w net.ipv6.conf.eth1.disable_ipv6=0")
-		Expect(err).NotTo(HaveOccurred())
-		Eventually(ctx, func() []netIPAddress {
-			var ifaces []netInterface
-			Expect(guest.Agent().Call(ctx, "guest-network-get-interfaces", nil, &ifaces)).To(Succeed())
-			return netFind(ifaces, "eth1").IPAddresses
-		}).WithPolling(200 * time.Millisecond).Should(ContainElement(netIPAddress{netLinkLocal(macs[1]), "ipv6", 64}))
-	}, SpecTimeout(2*time.Minute))
+			By("ip addr add on the console: an IPv4 and an IPv6 address on eth1, and an IPv4 address labelled eth1:qga")
+			_, err := console.RunOK(ctx, "ip addr add "+v4+" dev eth1 && ip addr add "+v6+" dev eth1 && ip addr add "+v4Label+" dev eth1 label eth1:qga")
+			Expect(err).NotTo(HaveOccurred())
 
-	It("reports the statistics /proc/net/dev has before and after the call, and they move with traffic the console makes", func(ctx SpecContext) {
-		before := netStatsBracketed(ctx, guest)
-		By("every interface with an address has statistics")
-		for _, name := range []string{"lo", "eth0", "eth1"} {
-			Expect(before[name]).NotTo(BeNil(), "statistics of %s", name)
-		}
+			ifaces := netCompareWithConsole(ctx, guest)
+			eth1 := netFind(ifaces, "eth1")
+			Expect(eth1.IPAddresses).To(ContainElements(
+				netIPAddress{"198.51.100.7", "ipv4", 25},
+				netIPAddress{"2001:db8:77::7", "ipv6", 80},
+			))
+			Expect(eth1.IPAddresses).NotTo(ContainElement(HaveField("Address", "198.51.100.77")))
+			By("the labelled address is an interface eth1:qga of its own, after every link (getifaddrs' order), with eth1's MAC")
+			Expect(netNames(ifaces)).To(HaveExactElements("lo", "eth0", "eth1", "eth1:qga"))
+			alias := netFind(ifaces, "eth1:qga")
+			Expect(alias.HardwareAddress).To(HaveValue(Equal(macs[1])))
+			Expect(alias.IPAddresses).To(HaveExactElements(netIPAddress{"198.51.100.77", "ipv4", 26}))
+			By("/proc/net/dev has no line for a label, so eth1:qga has no statistics")
+			Expect(alias.Statistics).To(BeNil())
 
-		By("the console pings slirp's gateway 10.0.2.2 three times")
-		_, err := guest.Console().RunOK(ctx, "ping -c 3 -W 10 10.0.2.2")
-		Expect(err).NotTo(HaveOccurred())
+			By("ip addr del on the console: the next call no longer lists them")
+			_, err = console.RunOK(ctx, "ip addr del "+v4+" dev eth1 && ip addr del "+v6+" dev eth1 && ip addr del "+v4Label+" dev eth1")
+			Expect(err).NotTo(HaveOccurred())
+			ifaces = netCompareWithConsole(ctx, guest)
+			Expect(netNames(ifaces)).To(HaveExactElements("lo", "eth0", "eth1"))
+			Expect(netFind(ifaces, "eth1").IPAddresses).NotTo(ContainElement(HaveField("Address", HavePrefix("198.51.100."))))
+			Expect(netFind(ifaces, "eth1").IPAddresses).NotTo(ContainElement(HaveField("Address", "2001:db8:77::7")))
+		}, SpecTimeout(2*time.Minute))
 
-		after := netStatsBracketed(ctx, guest)
-		Expect(after["eth0"]).NotTo(BeNil(), "statistics of eth0")
-		By("eth0 counted at least 3 echo requests out and 3 replies in, of 98 bytes each (Ethernet, IPv4, ICMP, 56 data bytes)")
-		Expect(after["eth0"].TxPackets - before["eth0"].TxPackets).To(BeNumerically(">=", 3))
-		Expect(after["eth0"].RxPackets - before["eth0"].RxPackets).To(BeNumerically(">=", 3))
-		Expect(after["eth0"].TxBytes - before["eth0"].TxBytes).To(BeNumerically(">=", 3*98))
-		Expect(after["eth0"].RxBytes - before["eth0"].RxBytes).To(BeNumerically(">=", 3*98))
-	}, SpecTimeout(2*time.Minute))
-})
+		It("lists an interface without addresses by name and MAC only, without ip-addresses or statistics", func(ctx SpecContext) {
+			guest := g.VM
+			console := guest.Console()
+			DeferCleanup(func(ctx SpecContext) {
+				console.Run(ctx, "sysctl -w net.ipv6.conf.eth1.disable_ipv6=0")
+			}, NodeTimeout(time.Minute))
+
+			By("disabling IPv6 on eth1 from the console, which removes its only addresses")
+			_, err := console.RunOK(ctx, "sysctl -w net.ipv6.conf.eth1.disable_ipv6=1")
+			Expect(err).NotTo(HaveOccurred())
+
+			ifaces := netCompareWithConsole(ctx, guest)
+			eth1 := netFind(ifaces, "eth1")
+			Expect(eth1.HardwareAddress).To(HaveValue(Equal(macs[1])))
+			Expect(eth1.IPAddresses).To(BeNil(), "ip-addresses must be absent, not empty")
+			// The reference fills statistics only for interfaces that have an address.
+			Expect(eth1.Statistics).To(BeNil())
+
+			By("re-enabling IPv6: the link-local address made from the MAC is back in the next call")
+			_, err = console.RunOK(ctx, "sysctl -w net.ipv6.conf.eth1.disable_ipv6=0")
+			Expect(err).NotTo(HaveOccurred())
+			Eventually(ctx, func() []netIPAddress {
+				var ifaces []netInterface
+				Expect(guest.Agent().Call(ctx, "guest-network-get-interfaces", nil, &ifaces)).To(Succeed())
+				return netFind(ifaces, "eth1").IPAddresses
+			}).WithPolling(200 * time.Millisecond).Should(ContainElement(netIPAddress{netLinkLocal(macs[1]), "ipv6", 64}))
+		}, SpecTimeout(2*time.Minute))
+
+		It("reports the statistics /proc/net/dev has before and after the call, and they move with traffic the console makes", func(ctx SpecContext) {
+			guest := g.VM
+			before := netStatsBracketed(ctx, guest)
+			By("every interface with an address has statistics")
+			for _, name := range []string{"lo", "eth0", "eth1"} {
+				Expect(before[name]).NotTo(BeNil(), "statistics of %s", name)
+			}
+
+			By("the console pings slirp's gateway 10.0.2.2 three times")
+			_, err := guest.Console().RunOK(ctx, "ping -c 3 -W 10 10.0.2.2")
+			Expect(err).NotTo(HaveOccurred())
+
+			after := netStatsBracketed(ctx, guest)
+			Expect(after["eth0"]).NotTo(BeNil(), "statistics of eth0")
+			By("eth0 counted at least 3 echo requests out and 3 replies in, of 98 bytes each (Ethernet, IPv4, ICMP, 56 data bytes)")
+			Expect(after["eth0"].TxPackets - before["eth0"].TxPackets).To(BeNumerically(">=", 3))
+			Expect(after["eth0"].RxPackets - before["eth0"].RxPackets).To(BeNumerically(">=", 3))
+			Expect(after["eth0"].TxBytes - before["eth0"].TxBytes).To(BeNumerically(">=", 3*98))
+			Expect(after["eth0"].RxBytes - before["eth0"].RxBytes).To(BeNumerically(">=", 3*98))
+		}, SpecTimeout(2*time.Minute))
+	})
+}
 
 // netRandomMAC is a random locally administered unicast MAC in QEMU's 52:54:00 range.
 func netRandomMAC() string {
