@@ -3,6 +3,12 @@
 // to it over the socket and checks the replies. The same table of cases runs against our
 // agent ($QGA_BIN, default bin/qga) and the reference /usr/sbin/qemu-ga, which proves that
 // the expectations are the reference's.
+//
+// To add a case, append a Case to the table from an init function in a cases_*_test.go file:
+// the bytes to send and the replies expected (compared as JSON values), and, where the
+// reference is wrong, RefWrong saying why plus RefSteps that assert what the reference does
+// instead. Behaviour that is not request and reply (signals, daemonizing, other transports)
+// has its own test functions, which also run against every agent of Agents.
 package hosttier
 
 import (
