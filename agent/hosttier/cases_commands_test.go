@@ -138,6 +138,14 @@ func init() {
 			// A disabled command's arguments are not even looked at.
 			{Send: `{"execute":"guest-ping","arguments":{"x":1}}`, Want: []string{NotFound("Command guest-ping has been disabled")}},
 		}},
+		Case{Name: "allow-rpcs", Args: []string{"-a", "guest-ping,guest-info", "-b", "guest-info"},
+			OursOnly: "-a/--allow-rpcs arrived in qemu-ga 8.1; 7.2 rejects the option",
+			Steps: []Step{
+				{Send: ping, Want: []string{pong}},
+				{Send: `{"execute":"guest-get-time"}`, Want: []string{NotFound("Command guest-get-time has been disabled")}},
+				// The block list wins over the allow list, as in later qemu-ga releases.
+				{Send: `{"execute":"guest-info"}`, Want: []string{NotFound("Command guest-info has been disabled")}},
+			}},
 		Case{Name: "block-rpcs/unknown names are ignored", Args: []string{"-b", "no-such-command"}, Steps: []Step{
 			{Send: ping, Want: []string{pong}},
 		}},

@@ -116,6 +116,12 @@ func TestCommandLine(t *testing.T) {
 			if code != 0 || len(names) < 23 || names[0] != "guest-sync-delimited" || names[1] != "guest-sync" {
 				t.Errorf("-b help: %d %q", code, out)
 			}
+			// -a arrived in qemu-ga 8.1: 7.2 rejects it, ours lists the commands like -b help.
+			out, _, code = run(t, a.Bin, noConf, "-a", "help")
+			if a.Reference && (code != 1 || !strings.HasPrefix(out, "Unknown option")) ||
+				!a.Reference && (code != 0 || strings.Join(strings.Fields(out), ",") != strings.Join(names, ",")) {
+				t.Errorf("-a help: %d %q", code, out)
+			}
 			out, _, code = run(t, a.Bin, noConf, "-m", "unix-listen", "-p", "/s", "-D")
 			if code != 0 || !strings.Contains(out, "\nmethod=unix-listen\npath=/s\n") {
 				t.Errorf("-D: %d %q", code, out)
