@@ -37,6 +37,19 @@ type Config struct {
 	// concatenated in the order given (config file first). Items may be empty strings.
 	BlockRPCs []string
 	AllowRPCs []string
+
+	// given records the string settings that were set, even to "": the reference keeps an
+	// empty --path= or statedir= instead of its default, and -D shows it.
+	given map[string]bool
+}
+
+// set assigns a string setting and records that it was given.
+func (c *Config) set(key string, dst *string, v string) {
+	if c.given == nil {
+		c.given = map[string]bool{}
+	}
+	c.given[key] = true
+	*dst = v
 }
 
 // Action is what the invocation asks for.
@@ -109,20 +122,21 @@ func Parse(args []string, getenv func(string) string) (*Invocation, error) {
 	for _, o := range opts {
 		switch o.Name {
 		case 'm':
-			inv.Method = o.Arg
+			inv.set("method", &inv.Method, o.Arg)
 		case 'p':
-			inv.Path = o.Arg
+			inv.set("path", &inv.Path, o.Arg)
 		case 'l':
-			inv.LogFile = o.Arg
+			inv.set("logfile", &inv.LogFile, o.Arg)
 		case 'f':
-			inv.PidFile = o.Arg
+			inv.set("pidfile", &inv.PidFile, o.Arg)
 		case 'F':
-			inv.FsfreezeHook = DefaultFsfreezeHook
+			hook := DefaultFsfreezeHook
 			if o.HasArg {
-				inv.FsfreezeHook = o.Arg
+				hook = o.Arg
 			}
+			inv.set("fsfreeze-hook", &inv.FsfreezeHook, hook)
 		case 't':
-			inv.StateDir = o.Arg
+			inv.set("statedir", &inv.StateDir, o.Arg)
 		case 'v':
 			inv.Verbose = true
 		case 'V':
@@ -156,16 +170,16 @@ func Parse(args []string, getenv func(string) string) (*Invocation, error) {
 		return inv, nil
 	}
 
-	if inv.PidFile == "" {
+	if !inv.given["pidfile"] {
 		inv.PidFile = DefaultPidFile
 	}
-	if inv.StateDir == "" {
+	if !inv.given["statedir"] {
 		inv.StateDir = DefaultStateDir
 	}
-	if inv.Method == "" {
+	if !inv.given["method"] {
 		inv.Method = DefaultMethod
 	}
-	if inv.Path == "" && !socketActivated(getenv) {
+	if !inv.given["path"] && !socketActivated(getenv) {
 		switch inv.Method {
 		case "virtio-serial":
 			inv.Path = DefaultVirtioPath
@@ -230,7 +244,10 @@ func (inv *Invocation) load(path string, mustExist bool) error {
 	var firstErr error
 	str := func(key string, dst *string) {
 		if firstErr == nil && kf.has(g, key) {
-			*dst, firstErr = kf.str(g, key)
+			var v string
+			if v, firstErr = kf.str(g, key); firstErr == nil {
+				inv.set(key, dst, v)
+			}
 		}
 	}
 	boolean := func(key string, dst *bool) {
@@ -285,14 +302,14 @@ func (c *Config) Dump() string {
 	b.WriteString("[general]\n")
 	kv("daemon", fmt.Sprint(c.Daemonize))
 	kv("method", c.Method)
-	if c.Path != "" {
+	if c.Path != "" || c.given["path"] {
 		kv("path", c.Path)
 	}
-	if c.LogFile != "" {
+	if c.LogFile != "" || c.given["logfile"] {
 		kv("logfile", c.LogFile)
 	}
 	kv("pidfile", c.PidFile)
-	if c.FsfreezeHook != "" {
+	if c.FsfreezeHook != "" || c.given["fsfreeze-hook"] {
 		kv("fsfreeze-hook", c.FsfreezeHook)
 	}
 	kv("statedir", c.StateDir)

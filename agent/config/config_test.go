@@ -41,6 +41,9 @@ var dumpCases = []dumpCase{
 	{name: "escapes and whitespace", conf: "  [general]  \r\npath = \\s a\\n\\\\x  \nmethod=unix-listen\nstatedir=/s;t\n"},
 	{name: "other groups and locale keys ignored", conf: "[other]\nverbose=true\n[general]\npath[de]=x\nverbose=true \n"},
 	{name: "last duplicate wins", conf: "[general]\npath=1\npath=2\n"},
+	{name: "empty values are kept", args: []string{"--path=", "--statedir=", "--logfile=", "-f", ""},
+		want: "[general]\ndaemon=false\nmethod=virtio-serial\npath=\nlogfile=\npidfile=\nstatedir=\nverbose=false\nretry-path=false\nblock-rpcs=\n"},
+	{name: "empty values from the file", conf: "[general]\npath=\nmethod=unix-listen\nfsfreeze-hook=\n"},
 }
 
 func writeConf(t *testing.T, conf string) string {
