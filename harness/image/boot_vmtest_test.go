@@ -25,14 +25,14 @@ var (
 	tinyErr   error
 )
 
-type logWriter struct{ t *testing.T }
+type logWriter struct{ t testing.TB }
 
 func (w logWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(b), "\n"))
 	return len(b), nil
 }
 
-func buildForTest(t *testing.T) *Tiny {
+func buildForTest(t testing.TB) *Tiny {
 	t.Helper()
 	tinyOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -46,7 +46,7 @@ func buildForTest(t *testing.T) *Tiny {
 }
 
 // staticAgent is $AGENT, or a small static Go program that answers guest-sync-delimited.
-func staticAgent(t *testing.T) string {
+func staticAgent(t testing.TB) string {
 	t.Helper()
 	if a := os.Getenv("AGENT"); a != "" {
 		return a
@@ -63,7 +63,7 @@ func staticAgent(t *testing.T) string {
 	return out
 }
 
-func inject(t *testing.T, ctx context.Context, tiny *Tiny, agent string) string {
+func inject(t testing.TB, ctx context.Context, tiny *Tiny, agent string) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "initrd")
 	if err := tiny.InjectAgent(ctx, agent, out); err != nil {
@@ -392,4 +392,37 @@ func TestHelperBuildTiny(t *testing.T) {
 		t.Fatal(err)
 	}
 	fmt.Printf("IMAGE=%s\n", tiny.Dir)
+}
+
+// BenchmarkBootToAgent reports the time from QEMU's start to the agent's first answer on a
+// cold-plugged port, for the reference agent and the static stand-in (or $AGENT):
+// go test -tags vmtest -run '^$' -bench BootToAgent -benchtime 3x ./harness/image/
+func BenchmarkBootToAgent(b *testing.B) {
+	tiny := buildForTest(b)
+	agents := map[string]string{"static": staticAgent(b)}
+	if _, err := os.Stat(referenceAgent); err == nil {
+		agents["reference"] = referenceAgent
+	}
+	for name, agent := range agents {
+		b.Run(name, func(b *testing.B) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+			defer cancel()
+			initrd := inject(b, ctx, tiny, agent)
+			var total, ready time.Duration
+			for i := 0; i < b.N; i++ {
+				vm := bootVM(b, ctx, tiny, vmConfig{initrd: initrd, cmdline: tiny.Cmdline(TinyOptions{}), coldPort: true})
+				agentConn := newAgentConn(vm.accept(ctx, "qga"))
+				if err := agentConn.sync(ctx, int64(i+1)); err != nil {
+					b.Fatal(err)
+				}
+				total += time.Since(vm.start)
+				ready += vm.waitSerial(ctx, "TINY: READY")
+				vm.cmd.Process.Kill()
+				<-vm.exited
+			}
+			b.ReportMetric(total.Seconds()/float64(b.N), "s-to-agent")
+			b.ReportMetric(ready.Seconds()/float64(b.N), "s-to-READY")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
 }

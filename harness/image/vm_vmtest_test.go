@@ -33,7 +33,7 @@ type vmConfig struct {
 }
 
 type testVM struct {
-	t       *testing.T
+	t       testing.TB
 	dir     string
 	start   time.Time
 	cmd     *exec.Cmd
@@ -47,7 +47,7 @@ type testVM struct {
 }
 
 // bootVM starts QEMU with the tiny kernel and the given initramfs; the test ends it.
-func bootVM(t *testing.T, ctx context.Context, tiny *Tiny, c vmConfig) *testVM {
+func bootVM(t testing.TB, ctx context.Context, tiny *Tiny, c vmConfig) *testVM {
 	t.Helper()
 	dir := t.TempDir()
 	vm := &testVM{t: t, dir: dir, exited: make(chan struct{}), serial: newLineLog(), conns: map[string]chan net.Conn{}}
@@ -329,7 +329,7 @@ func (l *lineLog) text() string {
 
 // qmpConn is just enough QMP: commands in order, events collected.
 type qmpConn struct {
-	t       *testing.T
+	t       testing.TB
 	enc     *json.Encoder
 	replies chan map[string]any
 	mu      sync.Mutex
@@ -337,7 +337,7 @@ type qmpConn struct {
 	evCh    chan struct{}
 }
 
-func newQMP(t *testing.T, ctx context.Context, c net.Conn) *qmpConn {
+func newQMP(t testing.TB, ctx context.Context, c net.Conn) *qmpConn {
 	q := &qmpConn{t: t, enc: json.NewEncoder(c), replies: make(chan map[string]any, 1), evCh: make(chan struct{})}
 	dec := json.NewDecoder(c)
 	var greeting map[string]any
