@@ -126,6 +126,12 @@ func StartT(tb TB, ctx context.Context, opts ...Option) *VM {
 		tb.Fatalf("%v", err)
 		return nil
 	}
+	closeWithT(tb, v)
+	return v
+}
+
+// closeWithT registers StartT's cleanup for v: artifacts when tb failed, then Close.
+func closeWithT(tb TB, v *VM) {
 	tb.Cleanup(func() {
 		if root := os.Getenv("ARTIFACTS"); root != "" && tb.Failed() {
 			dir := ArtifactDir(root, tb.Name())
@@ -139,7 +145,6 @@ func StartT(tb TB, ctx context.Context, opts ...Option) *VM {
 			tb.Logf("%v", err)
 		}
 	})
-	return v
 }
 
 func shortName(name string) string {

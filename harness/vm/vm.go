@@ -58,10 +58,20 @@ type VM struct {
 // Start builds the command line, starts QEMU and connects QMP. ctx bounds the start only; the
 // VM lives until Stop, Close, a signal, or the guest powering off.
 func Start(ctx context.Context, opts ...Option) (*VM, error) {
+	return start(ctx, newConfig(opts))
+}
+
+// newConfig applies opts to the defaults.
+func newConfig(opts []Option) *config {
 	cfg := defaults()
 	for _, o := range opts {
 		o(cfg)
 	}
+	return cfg
+}
+
+// start is Start from a finished configuration (Restore makes its own).
+func start(ctx context.Context, cfg *config) (*VM, error) {
 	if cfg.log == nil {
 		cfg.log = io.Discard
 	}
