@@ -178,9 +178,16 @@ func describeNetwork(g *systemGuest) {
 	})
 }
 
-// netRandomMAC is a random locally administered unicast MAC in QEMU's 52:54:00 range.
-func netRandomMAC() string {
-	return fmt.Sprintf("52:54:00:%02x:%02x:%02x", rand.IntN(256), rand.IntN(256), rand.IntN(256))
+// netRandomMACs are two different random MACs in QEMU's locally administered 52:54:00 range.
+func netRandomMACs() [2]string {
+	mac := func() string {
+		return fmt.Sprintf("52:54:00:%02x:%02x:%02x", rand.IntN(256), rand.IntN(256), rand.IntN(256))
+	}
+	m := [2]string{mac(), mac()}
+	for m[1] == m[0] {
+		m[1] = mac()
+	}
+	return m
 }
 
 // netLinkLocal is the IPv6 link-local address the kernel makes from a MAC (modified EUI-64).
@@ -191,6 +198,7 @@ func netLinkLocal(mac string) string {
 	return netip.AddrFrom16(a).String()
 }
 
+// netNames lists the interfaces' names in the agent's order.
 func netNames(ifaces []netInterface) []string {
 	names := make([]string, len(ifaces))
 	for i, x := range ifaces {
@@ -207,6 +215,7 @@ func netFind(ifaces []netInterface, name string) netInterface {
 	return ifaces[i]
 }
 
+// netFamily is the interface's addresses of one ip-address-type.
 func netFamily(x netInterface, typ string) []netIPAddress {
 	var out []netIPAddress
 	for _, a := range x.IPAddresses {

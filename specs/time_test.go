@@ -33,7 +33,7 @@ type systemGuest struct {
 var _ = Describe("the guest's clock, network and vCPUs", Ordered, ContinueOnFailure, func() {
 	g := &systemGuest{
 		rtcBase: time.Date(2047, 6, 15, 10, 0, 0, 0, time.UTC),
-		macs:    [2]string{netRandomMAC(), netRandomMAC()},
+		macs:    netRandomMACs(),
 		smp:     2,
 	}
 	BeforeAll(func(ctx SpecContext) {
@@ -103,7 +103,7 @@ func describeClock(g *systemGuest) {
 			// The system clock gets the RTC's whole seconds (the reference's hwclock -s drops the
 			// fraction), so the two agree to within a second either way.
 			sys, rtcConsole := clockReadWithRTC(ctx, guest)
-			Expect(rtcConsole).To(BeTemporally(">=", g.rtcBase), "the RTC itself moved")
+			Expect(rtcConsole).To(BeTemporally(">=", g.rtcBase), "the RTC is no longer at -rtc base")
 			Expect(rtcConsole).To(BeTemporally(">=", sys[0].Real.Truncate(time.Second).Add(-time.Second)))
 			Expect(rtcConsole).To(BeTemporally("<=", sys[1].Real.Add(time.Second)))
 			sys0 := clockRead(ctx, guest)
@@ -167,10 +167,11 @@ func describeClock(g *systemGuest) {
 
 			before := clockRead(ctx, guest)
 			agent := guest.Agent()
-			// The first refusal of a fresh 7.2 process ends in the errno that glibc left behind when
-			// its first localtime could not open /etc/localtime (error_setg_errno with an errno of a
-			// call that did not fail); later refusals find errno 0 and have no tail. Ours never
-			// appends a stale errno: the project decided a made-up cause helps no one.
+			// 7.2 reports this refusal with error_setg_errno and whatever errno happens to be
+			// set. In a fresh process that is the ENOENT glibc left behind when its first
+			// localtime found no /etc/localtime; glibc looks only once, and later refusals
+			// have found errno 0 (no tail) in every run. Ours appends no strerror: no call
+			// failed, so the tail could only name a wrong cause.
 			first := "Invalid time"
 			if reference {
 				first = "Invalid time: No such file or directory"
@@ -219,8 +220,8 @@ type clockReading struct {
 // reading: the boot-time clock was at least UpBefore and less than UpAfter+10ms when adjtimex
 // read the realtime clock, which was at least Real and less than Real+1µs.
 func (r clockReading) offset() (lo, hi int64) {
-	real := r.Real.UnixNano()
-	return real - int64(r.UpAfter+clockUpRes), real + int64(time.Microsecond) - int64(r.UpBefore)
+	rt := r.Real.UnixNano()
+	return rt - int64(r.UpAfter+clockUpRes), rt + int64(time.Microsecond) - int64(r.UpBefore)
 }
 
 // clockScript prints "uptime sec usec uptime"; read is a shell builtin, so only adjtimex forks
@@ -235,6 +236,7 @@ func clockRead(ctx context.Context, guest *vm.VM) clockReading {
 	return clockParse(out)
 }
 
+// clockParse parses clockScript's output.
 func clockParse(out string) clockReading {
 	GinkgoHelper()
 	f := strings.Fields(out)
@@ -308,14 +310,18 @@ func clockRestartAgent(ctx context.Context, guest *vm.VM) {
 	Expect(guest.Agent().SyncUntil(ctx, 5*time.Second)).To(Succeed())
 }
 
-// clockAgentIsReference tells the reference qemu-ga 7.2 from other agents by what it says it is, where
-// a spec expects the two to differ.
+// clockAgentIsReference tells the reference qemu-ga 7.2 from other agents by the version
+// guest-info reports, where a spec expects the two to differ.
 func clockAgentIsReference(ctx context.Context, guest *vm.VM) bool {
 	GinkgoHelper()
 	var info guestInfo
 	Expect(guest.Agent().Call(ctx, "guest-info", nil, &info)).To(Succeed())
 	ref := strings.HasPrefix(info.Version, "7.2.")
-	fmt.Fprintf(GinkgoWriter, "agent version %q: expecting the behaviour of %s\n", info.Version, map[bool]string{true: "the reference 7.2", false: "qgakit"}[ref])
+	if ref {
+		fmt.Fprintf(GinkgoWriter, "agent version %q: expecting the reference 7.2's behaviour\n", info.Version)
+	} else {
+		fmt.Fprintf(GinkgoWriter, "agent version %q: expecting qgakit's behaviour\n", info.Version)
+	}
 	return ref
 }
 
