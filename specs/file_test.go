@@ -109,12 +109,15 @@ var _ = Describe("guest-file-*", Ordered, func() {
 			Expect(data).To(Equal(want))
 
 			if m.read {
-				By("the console appends to the open file; the agent reads that from the end: nothing is cached and eof does not stick")
+				By("at the end a read meets eof; the console appends to the open file, and the next read returns that: nothing is cached and eof does not stick")
 				Expect(gfSeek(ctx, agent, h, 0, "end")).To(Equal(gfSeekReply{Position: int64(len(want))}))
+				r := gfRead(ctx, agent, h, 4096)
+				Expect(r.Count).To(BeZero())
+				Expect(r.EOF).To(BeTrue())
 				tail := []byte("appended by the console\n")
 				_, err := guest.Console().RunOK(ctx, "printf '"+gfOctal(tail)+"' >> "+path)
 				Expect(err).NotTo(HaveOccurred())
-				r := gfRead(ctx, agent, h, 4096)
+				r = gfRead(ctx, agent, h, 4096)
 				Expect(r.data).To(Equal(tail))
 				Expect(r.EOF).To(BeTrue())
 				want = append(append([]byte(nil), want...), tail...)
@@ -140,10 +143,17 @@ var _ = Describe("guest-file-*", Ordered, func() {
 	It("creates a missing file with permissions 0666 exactly for the w and a modes",
 		cmdLabel("guest-file-open", "guest-file-close"), func(ctx SpecContext) {
 			agent := guest.Agent()
+			By("the console reads the agent's umask: not 0, so 0666 can only come from the agent setting it")
+			pids := gfAgentPids(ctx, guest)
+			Expect(pids).To(HaveLen(1))
+			out, err := guest.Console().RunOK(ctx, "sed -n 's/^Umask:[[:space:]]*//p' /proc/"+pids[0]+"/status")
+			Expect(err).NotTo(HaveOccurred())
+			Expect(strings.TrimSpace(out)).To(Equal("0022"))
+
 			for _, mode := range gfModes {
 				path := gfDir + "/new-" + strings.ReplaceAll(mode, "+", "plus")
 				if gfParseMode(mode).create {
-					By("guest-file-open " + mode + " of a missing file: the console sees it empty with mode 0666, whatever the agent's umask")
+					By("guest-file-open " + mode + " of a missing file: the console sees it empty with mode 0666")
 					h := gfOpen(ctx, agent, path, mode)
 					data, perm := gfConsoleRead(ctx, guest, path)
 					Expect(data).To(BeEmpty())
@@ -160,7 +170,7 @@ var _ = Describe("guest-file-*", Ordered, func() {
 
 			By("the mode defaults to r: a missing file is not created")
 			path := gfDir + "/new-default"
-			err := agent.Call(ctx, "guest-file-open", map[string]any{"path": path}, nil)
+			err = agent.Call(ctx, "guest-file-open", map[string]any{"path": path}, nil)
 			Expect(err).To(MatchAgentError("GenericError",
 				fmt.Sprintf("failed to open file '%s' (mode: 'r'): No such file or directory", path)))
 			Expect(gfConsoleExists(ctx, guest, path)).To(BeFalse())
@@ -492,11 +502,12 @@ var _ = Describe("guest-file-*", Ordered, func() {
 })
 
 // gfModeEntries are DescribeTable's arguments for the open-mode spec: the body, the entry
-// description, and one entry per mode, each labelled with the commands it exercises.
+// description, and one entry per mode, each labelled with the commands it exercises and located
+// at the table.
 func gfModeEntries(body func(SpecContext, string), describe func(string) string) []any {
 	entries := []any{body, describe}
 	for _, mode := range gfModes {
-		entries = append(entries, Entry(nil, cmdLabel("guest-file-open", "guest-file-read", "guest-file-write",
+		entries = append(entries, Entry(nil, Offset(1), cmdLabel("guest-file-open", "guest-file-read", "guest-file-write",
 			"guest-file-seek", "guest-file-flush", "guest-file-close"), SpecTimeout(2*time.Minute), mode))
 	}
 	return entries
