@@ -69,8 +69,9 @@ clean:
 # when one fails; a tree without any Fuzz target fails, so CI never passes on no fuzzing.
 FUZZTIME ?= 1m
 
-fuzz:
-	@set -o pipefail; \
+# Listing runs each package's test binary, and some TestMains want bin/qga, as in `make test`.
+fuzz: agent
+	@set -o pipefail; export QGA_BIN=$(CURDIR)/bin/qga; \
 	targets=$$($(GO) test -list '^Fuzz' $(HOST_PKGS) | \
 	  awk '/^Fuzz/ { names = names " " $$1; next } \
 	       /^ok / { n = split(names, a, " "); for (i = 1; i <= n; i++) print $$2 "=" a[i]; names = "" }') \
