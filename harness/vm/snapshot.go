@@ -82,9 +82,12 @@ type snapshotManifest struct {
 	// Inputs are the files the machine was made from (kernel, initrd, disk bases), which must
 	// not change while the snapshot is used: the overlays are backed by the bases, and a clone
 	// that reboots loads the kernel and initrd again.
-	Inputs     []fileStamp `json:"inputs"`
-	StateBytes int64       `json:"state_bytes"`
-	SavedAt    time.Time   `json:"saved_at"`
+	Inputs []fileStamp `json:"inputs"`
+	// ConsoleReady is set when the console shell had run a command before the save: it is then
+	// reading its line in every clone, and a clone's console needs no WaitReady probe.
+	ConsoleReady bool      `json:"console_ready"`
+	StateBytes   int64     `json:"state_bytes"`
+	SavedAt      time.Time `json:"saved_at"`
 	// SaveSeconds is how long stop + migrate to the state file took.
 	SaveSeconds float64 `json:"save_seconds"`
 }
@@ -180,6 +183,10 @@ func (t *Template) Save(ctx context.Context, ready func(context.Context, *VM) er
 		return fmt.Errorf("devices were hot-plugged or unplugged before the save (%v at start, %v now); a snapshot's machine must be its command line's", devices, after)
 	}
 
+	v.console.readyMu.Lock()
+	consoleReady := v.console.ready
+	v.console.readyMu.Unlock()
+
 	m := v.QMP()
 	began := time.Now()
 	if err := m.Execute(ctx, "stop", nil, nil); err != nil {
@@ -200,13 +207,14 @@ func (t *Template) Save(ctx context.Context, ready func(context.Context, *VM) er
 		return err
 	}
 	man := &snapshotManifest{
-		Format:      snapshotFormat,
-		Machine:     machineArgs(v.argv, v.dir),
-		QEMU:        m.Version(),
-		Inputs:      inputs,
-		StateBytes:  st.Size(),
-		SavedAt:     began,
-		SaveSeconds: saveSeconds,
+		Format:       snapshotFormat,
+		Machine:      machineArgs(v.argv, v.dir),
+		QEMU:         m.Version(),
+		Inputs:       inputs,
+		ConsoleReady: consoleReady,
+		StateBytes:   st.Size(),
+		SavedAt:      began,
+		SaveSeconds:  saveSeconds,
 	}
 	for i, d := range cfg.disks {
 		node := diskNode(d, i)
@@ -270,6 +278,7 @@ type restoreConfig struct {
 	name      string
 	tempRoot  string
 	keepClock bool
+	agent     bool
 }
 
 // RestoreLog sends the restored VM's log where WithLog would (default: the template's).
@@ -287,10 +296,16 @@ func RestoreTempRoot(dir string) RestoreOption {
 // the console, for guests without a console shell (and tests of the restore itself).
 func KeepSnapshotClock() RestoreOption { return func(c *restoreConfig) { c.keepClock = true } }
 
+// RestoreAgent makes Restore also attach the agent (AttachAgent), at the same time as it sets the
+// clock: the two wait on different channels (the console, the agent's port), so the restore
+// takes as long as the slower of them instead of both.
+func RestoreAgent() RestoreOption { return func(c *restoreConfig) { c.agent = true } }
+
 // Restore starts a new VM from the saved state, on fresh overlays of every disk: QEMU with the
 // template's command line plus -incoming defer, migrate-incoming from the state file, cont, and
-// (unless KeepSnapshotClock) SetGuestClock. The guest then runs where Save's ready left it; its
-// agent port is not attached (AttachAgent). ctx bounds the restore only, as for Start.
+// (unless KeepSnapshotClock) SetGuestClock. The guest then runs where Save's ready left it. The
+// agent's port is attached only with RestoreAgent (otherwise call AttachAgent: the guest's agent
+// starts when the port appears). ctx bounds the restore only, as for Start.
 func (t *Template) Restore(ctx context.Context, opts ...RestoreOption) (*VM, error) {
 	v, err := t.restore(ctx, opts)
 	if err != nil {
@@ -376,10 +391,26 @@ func (t *Template) restore(ctx context.Context, opts []RestoreOption) (*VM, erro
 		return fail(err)
 	}
 	v.logf("restored from %s in %v", t.dir, time.Since(began).Round(time.Millisecond))
-	if !rc.keepClock {
-		if err := v.SetGuestClock(ctx); err != nil {
-			return fail(err)
+	if man.ConsoleReady {
+		v.console.readyMu.Lock()
+		v.console.ready = true
+		v.console.readyMu.Unlock()
+	}
+	var agentErr error
+	attached := make(chan struct{})
+	go func() {
+		defer close(attached)
+		if rc.agent {
+			_, agentErr = v.AttachAgent(ctx)
 		}
+	}()
+	var clockErr error
+	if !rc.keepClock {
+		clockErr = v.SetGuestClock(ctx)
+	}
+	<-attached
+	if err := errors.Join(clockErr, agentErr); err != nil {
+		return fail(err)
 	}
 	return v, nil
 }

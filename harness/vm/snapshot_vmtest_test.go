@@ -1,0 +1,127 @@
+//go:build vmtest
+
+package vm
+
+// The snapshot test boots the tiny image once and restores it twice:
+//
+//	go test -tags vmtest -run Snapshot -v ./harness/vm/
+//
+// The agent is $AGENT when set, else the reference /usr/sbin/qemu-ga.
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/qgakit/qgakit/harness/image"
+)
+
+func TestSnapshotTinyRestore(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	agent := os.Getenv("AGENT")
+	if agent == "" {
+		agent = "/usr/sbin/qemu-ga"
+	}
+	tiny, err := image.BuildTiny(ctx, testWriter{t})
+	if err != nil {
+		t.Fatalf("build the tiny image: %v", err)
+	}
+	initrd := filepath.Join(t.TempDir(), "initrd.zst")
+	if err := tiny.InjectAgent(ctx, agent, initrd); err != nil {
+		t.Fatalf("inject %s: %v", agent, err)
+	}
+	disk := filepath.Join(t.TempDir(), "data.raw")
+	if err := os.WriteFile(disk, make([]byte, 8<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var tok [8]byte
+	rand.Read(tok[:])
+	token := hex.EncodeToString(tok[:])
+
+	tpl := NewTemplate(filepath.Join(t.TempDir(), "tpl"),
+		WithLog(testWriter{t}), WithTempRoot(t.TempDir()), WithMemory(256),
+		WithKernel(tiny.Kernel, initrd, tiny.Cmdline(image.TinyOptions{})),
+		WithNIC(NIC{MAC: "52:54:00:12:34:56"}),
+		WithDisk(Disk{Path: disk, Format: "raw", Serial: "data"}),
+	)
+	coldStart := time.Now()
+	err = tpl.Save(ctx, func(ctx context.Context, v *VM) error {
+		if _, err := v.WaitSerial(ctx, "TINY: READY"); err != nil {
+			return err
+		}
+		t.Logf("cold boot to READY: %v", time.Since(coldStart).Round(time.Millisecond))
+		if _, err := v.WaitSerial(ctx, "TINY: late-modules-loaded"); err != nil {
+			return err
+		}
+		// In RAM (tmpfs) and on the disk: both must travel to every clone.
+		_, err := v.Console().RunOK(ctx, "echo "+token+" > /run/token && echo "+token+" > /dev/vda && sync")
+		return err
+	})
+	if err != nil {
+		t.Fatalf("Save: %v", err)
+	}
+	t.Logf("state: %d MB", tpl.StateBytes()>>20)
+
+	var clones [2]*VM
+	for i := range clones {
+		began := time.Now()
+		// Clone 0 attaches the agent itself, clone 1 lets Restore do it alongside the clock.
+		opts := []RestoreOption{RestoreName("clone" + strconv.Itoa(i))}
+		if i == 1 {
+			opts = append(opts, RestoreAgent())
+		}
+		v := tpl.RestoreT(t, ctx, opts...)
+		restored := time.Since(began)
+		c := v.Agent()
+		if i == 0 {
+			if c != nil {
+				t.Fatal("Restore attached the agent without RestoreAgent")
+			}
+			if c, err = v.AttachAgent(ctx); err != nil {
+				t.Fatalf("clone %d: %v", i, err)
+			}
+		} else if c == nil {
+			t.Fatal("RestoreAgent did not attach the agent")
+		}
+		t.Logf("clone %d: Restore took %v, agent answering %v after start", i,
+			restored.Round(time.Millisecond), time.Since(began).Round(time.Millisecond))
+		if err := c.Call(ctx, "guest-ping", nil, nil); err != nil {
+			t.Errorf("clone %d: guest-ping: %v", i, err)
+		}
+		clones[i] = v
+	}
+	for i, v := range clones {
+		con := v.Console()
+		out, err := con.RunOK(ctx, "cat /run/token; head -c 16 /dev/vda")
+		if want := token + "\n" + token; err != nil || out != want {
+			t.Errorf("clone %d: RAM and disk say %q, %v; want %q", i, out, err, want)
+		}
+		// The clock was stepped to the host's: busybox date -s takes whole seconds.
+		before := time.Now()
+		out, err = con.RunOK(ctx, "date +%s")
+		after := time.Now()
+		secs, perr := strconv.ParseInt(strings.TrimSpace(out), 10, 64)
+		if err != nil || perr != nil {
+			t.Fatalf("clone %d: date: %q, %v", i, out, err)
+		}
+		if secs < before.Unix()-1 || secs > after.Unix()+1 {
+			t.Errorf("clone %d: guest clock %d, host %d..%d", i, secs, before.Unix(), after.Unix())
+		}
+		rtc, err := con.RunOK(ctx, "hwclock -r -u")
+		t.Logf("clone %d: guest date %d, host %d; hwclock -r: %q (%v)", i, secs, before.Unix(), strings.TrimSpace(rtc), err)
+	}
+	// The clones' RAM and disks are their own.
+	if _, err := clones[0].Console().RunOK(ctx, "echo changed > /run/token && echo changed > /dev/vda && sync"); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := clones[1].Console().RunOK(ctx, "cat /run/token; head -c 16 /dev/vda"); err != nil || out != token+"\n"+token {
+		t.Errorf("clone 1 sees clone 0's writes: %q, %v", out, err)
+	}
+}
