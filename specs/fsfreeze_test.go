@@ -334,7 +334,12 @@ func startBlockedWrite(ctx context.Context, guest *vm.VM, path string) *blockedW
 	Expect(err).NotTo(HaveOccurred())
 	pos, err := guest.WaitSerial(ctx, tag+" ")
 	Expect(err).NotTo(HaveOccurred(), "the console's writer never reported")
-	verdict, _, _ := strings.Cut(string(guest.SerialLog()[pos:]), ".")
+	// The line may have arrived only in part: its end is the "." after the wchan.
+	_, err = guest.WaitSerialAfter(ctx, pos, ".")
+	Expect(err).NotTo(HaveOccurred(), "the console's writer never finished its report")
+	log := string(guest.SerialLog())
+	report := log[strings.LastIndex(log, tag+" ")+len(tag)+1:]
+	verdict, _, _ := strings.Cut(report, ".")
 	Expect(verdict).To(Equal("state=D wchan=percpu_rwsem_wait"), "the console's write to %s was not blocked by a freeze", path)
 	return &blockedWrite{cmd: cmd}
 }
