@@ -2,22 +2,27 @@
 # Installs what the project needs from Debian's packages. Idempotent and non-interactive:
 # packages already present are left alone, and apt runs only when something is missing.
 #
-#   scripts/install-deps.sh [test|e2e|all]   (default: all)
+#   scripts/install-deps.sh [test|e2e|cloud|all]   (default: all)
 #
 #   test  what `make test` needs: the reference agent (/usr/sbin/qemu-ga) and QEMU, which the
 #         harness's own tests drive without booting a guest
 #   e2e   what `make e2e` needs: the above, and the tools that build the tiny image and its disks
+#   cloud what IMAGE=debian-cloud and IMAGE=url:/file: need on top of e2e: mmdebstrap builds the
+#         image from the host's apt sources, and the NoCloud seed is a vfat volume (mtools,
+#         dosfstools) or an ISO (xorriso)
 set -euo pipefail
 
 tier=${1:-all}
 test_pkgs=(qemu-guest-agent qemu-system-x86 qemu-utils)
 e2e_pkgs=(busybox-static e2fsprogs xfsprogs cpio zstd kmod)
+cloud_pkgs=(mmdebstrap mtools dosfstools xorriso)
 
 case $tier in
   test) want=("${test_pkgs[@]}") ;;
   e2e) want=("${e2e_pkgs[@]}" "${test_pkgs[@]}") ;;
-  all) want=("${e2e_pkgs[@]}" "${test_pkgs[@]}") ;;
-  *) echo "usage: $0 [test|e2e|all]" >&2; exit 2 ;;
+  cloud) want=("${cloud_pkgs[@]}" "${e2e_pkgs[@]}" "${test_pkgs[@]}") ;;
+  all) want=("${cloud_pkgs[@]}" "${e2e_pkgs[@]}" "${test_pkgs[@]}") ;;
+  *) echo "usage: $0 [test|e2e|cloud|all]" >&2; exit 2 ;;
 esac
 
 missing=()
