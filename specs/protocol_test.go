@@ -119,6 +119,51 @@ var _ = Describe("the protocol over virtio-serial", Ordered, Label("protocol"), 
 			gfClose(ctx, agent, h)
 		}, SpecTimeout(3*time.Minute))
 
+	// The one place where the two agents knowingly answer differently (see
+	// agent/protocol's TestReferenceNestingDeviation): the reference restarts its bracket count
+	// after a nesting-limit error, so the rejected input's surplus brackets open a new message
+	// that swallows the requests after it until something closes it, here the 0xFF.
+	It("runs the request after a JSON nesting-limit error, which the reference 7.2 swallows",
+		cmdLabel("guest-file-open", "guest-sync-delimited"), func(ctx SpecContext) {
+			agent := guest.Agent()
+			reference := protoIsReference(ctx, agent)
+			path := protoDir + "/after-nesting"
+			By("1026 opening brackets (the limit is 1024) on a line, then a guest-file-open on the next, then 0xFF and guest-sync-delimited")
+			raw := []byte(strings.Repeat("[", 1026) + "\n" +
+				`{"execute": "guest-file-open", "arguments": {"path": "` + path + `", "mode": "w"}, "id": "after-nesting"}` + "\n")
+			raw = append(raw, 0xff)
+			raw = append(raw, request("guest-sync-delimited", map[string]any{"id": 7200})...)
+			Expect(agent.Send(ctx, raw)).To(Succeed())
+			var replies []*qga.Reply
+			for {
+				reply, err := agent.ReadReply(ctx)
+				Expect(err).NotTo(HaveOccurred())
+				if reply.Delimited {
+					Expect(decodeInt(reply.Return)).To(Equal(int64(7200)))
+					break
+				}
+				replies = append(replies, reply)
+			}
+			nesting := &qga.Error{Class: "GenericError", Desc: "JSON nesting depth limit exceeded"}
+			stray := &qga.Error{Class: "GenericError", Desc: "JSON parse error, stray '\uFFFD'"}
+			if reference {
+				By("the reference (7.2 by guest-info): the error, then only the 0xFF's error; the console finds no file, the request never ran")
+				Expect(replies).To(HaveLen(2))
+				Expect(replies[0].Err).To(Equal(nesting))
+				Expect(replies[1].Err).To(Equal(stray))
+				Expect(gfConsoleExists(ctx, guest, path)).To(BeFalse())
+				return
+			}
+			By("ours: the error, the request's reply with its id, the 0xFF's error; the console finds the file the request created")
+			Expect(replies).To(HaveLen(3))
+			Expect(replies[0].Err).To(Equal(nesting))
+			Expect(replies[1].Err).To(BeNil())
+			Expect(replies[1].ID).To(MatchJSON(`"after-nesting"`))
+			Expect(replies[2].Err).To(Equal(stray))
+			Expect(gfConsoleExists(ctx, guest, path)).To(BeTrue())
+			gfClose(ctx, agent, decodeInt(replies[1].Return))
+		}, SpecTimeout(2*time.Minute))
+
 	It("drops a request cut by 0xFF without running it, and guest-sync-delimited finds its place after it",
 		cmdLabel("guest-sync-delimited", "guest-file-open"), func(ctx SpecContext) {
 			agent := guest.Agent()
@@ -480,4 +525,15 @@ func protoAgentFileOffsets(ctx context.Context, guest *vm.VM, path string) []int
 		offs = append(offs, n)
 	}
 	return offs
+}
+
+// protoIsReference tells the reference qemu-ga 7.2 by the version its guest-info reports; ours
+// reports its own build version.
+func protoIsReference(ctx context.Context, agent *qga.Client) bool {
+	GinkgoHelper()
+	var info struct {
+		Version string `json:"version"`
+	}
+	Expect(agent.Call(ctx, "guest-info", nil, &info)).To(Succeed())
+	return strings.HasPrefix(info.Version, "7.2.")
 }
