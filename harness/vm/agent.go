@@ -34,7 +34,7 @@ func (v *VM) AttachAgent(ctx context.Context) (*qga.Client, error) {
 	if v.agent != nil {
 		return nil, errors.New("vm: agent already attached")
 	}
-	path := filepath.Join(v.dir, "qga.sock")
+	path := v.AgentSocket()
 	_ = os.Remove(path) // a socket left by an earlier attach
 	chardev := map[string]any{
 		"id": agentChardev,
@@ -81,6 +81,11 @@ func (v *VM) AttachAgent(ctx context.Context) (*qga.Client, error) {
 	v.logf("agent attached and answering")
 	return client, nil
 }
+
+// AgentSocket is the host end of the agent's channel while it is attached: a unix socket QEMU
+// listens on and accepts one client at a time. A harness that wants its own connection (the
+// benchmarks time the raw stream) closes Agent()'s and dials this.
+func (v *VM) AgentSocket() string { return filepath.Join(v.dir, "qga.sock") }
 
 // Agent returns the attached agent's client, or nil.
 func (v *VM) Agent() *qga.Client {
