@@ -120,6 +120,9 @@ type Entry struct {
 	// Save stores the value at a path of the (first) reply, per agent, as a variable that
 	// later entries use as ${name}.
 	Save map[string]string `json:"save,omitempty"`
+	// Group names a sequence of consecutive entries that runs whole on A and then whole on B,
+	// for state one agent's entries must not see the other change in between (a freeze).
+	Group string `json:"group,omitempty"`
 	// Note says what the entry checks.
 	Note string `json:"note,omitempty"`
 }

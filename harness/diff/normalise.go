@@ -322,4 +322,3 @@ func canonical(v any) string {
 	}
 	return strings.TrimSuffix(sb.String(), "\n")
 }
-

@@ -153,40 +153,66 @@ func Run(ctx context.Context, c *Corpus, mode Mode, a, b *Target, opts Options) 
 	if res.B, err = info(ctx, b); err != nil {
 		return nil, err
 	}
-	for _, e := range c.Entries {
+	for start := 0; start < len(c.Entries); {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("diff run: %w", err)
 		}
-		er := EntryResult{ID: e.ID, Cmd: e.Cmd, Note: e.Note}
-		if why := e.Unsafe(mode); why != "" {
-			er.Skipped = why
+		// A group (consecutive entries with the same Group) runs whole on A, then whole on
+		// B: its entries share state that the other agent must not disturb in between.
+		end := start + 1
+		if g := c.Entries[start].Group; g != "" {
+			for end < len(c.Entries) && c.Entries[end].Group == g {
+				end++
+			}
+		}
+		block := c.Entries[start:end]
+		start = end
+		results := make([]EntryResult, len(block))
+		outs := make([][2]Outcome, len(block))
+		for side, t := range []*Target{a, b} {
+			for i, e := range block {
+				er := &results[i]
+				if side == 0 {
+					*er = EntryResult{ID: e.ID, Cmd: e.Cmd, Note: e.Note}
+					er.Skipped = e.Unsafe(mode)
+					if p, err := e.Payload(a.vars); err == nil && er.Skipped == "" {
+						er.Sent = strings.ReplaceAll(printable(p, 400), a.Tmp, "${tmp}")
+					}
+				}
+				if er.Skipped != "" {
+					continue
+				}
+				outs[i][side] = t.exchange(ctx, e, c.rules(e), seeds, opts.EntryTimeout)
+			}
+		}
+		for i, e := range block {
+			er := results[i]
+			if er.Skipped == "" {
+				er.A, er.B = &outs[i][0], &outs[i][1]
+				er.Diffs = compare(outs[i][0], outs[i][1])
+				for j := range er.Diffs {
+					er.Diffs[j].Documented = c.documented(e.ID, mode, er.Diffs[j].Kind)
+				}
+			}
 			opts.Progress("%-55s %s", e.ID, verdict(er))
 			res.Entries = append(res.Entries, er)
-			continue
 		}
-		if p, err := e.Payload(a.vars); err == nil {
-			er.Sent = strings.ReplaceAll(printable(p, 400), a.Tmp, "${tmp}")
-		}
-		rules := map[string]string{}
-		for p, k := range c.Norm[e.Cmd] {
-			rules[p] = k
-		}
-		for p, k := range e.Norm {
-			rules[p] = k
-		}
-		oa := a.exchange(ctx, e, rules, seeds, opts.EntryTimeout)
-		ob := b.exchange(ctx, e, rules, seeds, opts.EntryTimeout)
-		er.A, er.B = &oa, &ob
-		er.Diffs = compare(oa, ob)
-		for i := range er.Diffs {
-			er.Diffs[i].Documented = c.documented(e.ID, mode, er.Diffs[i].Kind)
-		}
-		opts.Progress("%-55s %s", e.ID, verdict(er))
-		res.Entries = append(res.Entries, er)
 	}
 	res.Duration = time.Since(res.Started).Round(time.Millisecond).String()
 	res.Summary = summarise(res.Entries)
 	return res, nil
+}
+
+// rules are the normalisations of an entry: its command's, then its own.
+func (c *Corpus) rules(e Entry) map[string]string {
+	rules := map[string]string{}
+	for p, k := range c.Norm[e.Cmd] {
+		rules[p] = k
+	}
+	for p, k := range e.Norm {
+		rules[p] = k
+	}
+	return rules
 }
 
 // info asks the agent for its version (guest-info), for the report.

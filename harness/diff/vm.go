@@ -59,8 +59,16 @@ func StartVM(ctx context.Context, aBin, bBin string, log io.Writer) (*VMPair, er
 		p.Close()
 		return nil, err
 	}
-	cmdline := t.Cmdline(image.TinyOptions{Extra: []string{"qga.b=" + PortB}})
-	v, err := vm.Start(ctx, vm.WithName("qgadiff"), vm.WithLog(log), vm.WithKernel(t.Kernel, initrd, cmdline))
+	// A scratch ext4 disk on /mnt/vda gives fsfreeze and fstrim a block file system to work
+	// on; the rest of the guest is tmpfs.
+	disk := filepath.Join(tmp, "scratch.qcow2")
+	if err := image.CreateExt4Disk(ctx, disk, image.DiskSpec{Label: "qgadiff"}); err != nil {
+		p.Close()
+		return nil, fmt.Errorf("diff vm: %w", err)
+	}
+	cmdline := t.Cmdline(image.TinyOptions{Mounts: []string{"vda"}, Extra: []string{"qga.b=" + PortB}})
+	v, err := vm.Start(ctx, vm.WithName("qgadiff"), vm.WithLog(log), vm.WithKernel(t.Kernel, initrd, cmdline),
+		vm.WithDisk(vm.Disk{Path: disk, Node: "scratch"}))
 	if err != nil {
 		p.Close()
 		return nil, fmt.Errorf("diff vm: %w", err)
