@@ -2,8 +2,6 @@ package diff
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,6 +28,7 @@ type Target struct {
 	Tmp string
 
 	vars map[string]any
+	seq  int64 // end-of-entry markers sent so far
 }
 
 // AgentInfo describes one side of a run in the report.
@@ -318,7 +317,7 @@ func (t *Target) exchange(ctx context.Context, e Entry, rules map[string]string,
 	if e.Flush {
 		send = append(send, 0xFF)
 	}
-	id := markerID()
+	id := t.markerID()
 	send = fmt.Appendf(send, `{"execute":"guest-sync-delimited","arguments":{"id":%d}}`, id)
 	n.now = time.Now()
 	if err := t.Client.Send(ctx, send); err != nil {
@@ -331,7 +330,7 @@ func (t *Target) exchange(ctx context.Context, e Entry, rules map[string]string,
 		// (or the agent died). 0xFF ends any partial message; whatever the agent says to it
 		// is part of this entry's outcome.
 		out.Problem = fmt.Sprintf("no reply to the end-of-entry marker: %v; resynchronised with 0xFF", err)
-		id2 := markerID()
+		id2 := t.markerID()
 		resync := fmt.Appendf([]byte{0xFF}, `{"execute":"guest-sync-delimited","arguments":{"id":%d}}`, id2)
 		if err := t.Client.Send(ctx, resync); err != nil {
 			out.Problem += fmt.Sprintf("; resync failed: %v", err)
@@ -464,10 +463,13 @@ func problemText(p string) string {
 	return p
 }
 
-func markerID() int64 {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	return int64(binary.LittleEndian.Uint64(b[:])&(1<<53-1)) | 1
+// markerID numbers the end-of-entry markers. The numbers are the same for both agents (they
+// get the same exchanges), because a swallowed marker's id can come back inside a reply (an
+// error about the mangled request echoes it) and must not differ between the agents. They are
+// far from any id the corpus uses.
+func (t *Target) markerID() int64 {
+	t.seq++
+	return 7_000_000_000_000_000 + t.seq
 }
 
 // printable shows bytes as text: printable ASCII as is, anything else as \xNN; at most max

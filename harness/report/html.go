@@ -55,7 +55,7 @@ func WriteHTML(w io.Writer, m *Matrix) error {
 
 var page = template.Must(template.New("page").Funcs(template.FuncMap{
 	"cls":     func(s State) string { return strings.ReplaceAll(string(s), " ", "-") },
-	"cell":    func(c Cell) string { return strings.ReplaceAll(cellText(c), "**", "") },
+	"cell":    func(c Cell) string { return strings.ReplaceAll(CellText(c), "**", "") },
 	"oneLine": oneLine,
 }).Parse(`<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">

@@ -13,8 +13,8 @@ const Legend = "pass: every spec that ran passed · fail: at least one spec fail
 	"skip: not run (filtered out by LABELS, or pending) · not run: no report, or the suite setup failed · " +
 	"no spec: no spec carries cmd:<command>"
 
-// cellText is a cell for a terminal and for GitHub: the state, and the counts that matter.
-func cellText(c Cell) string {
+// CellText is a cell for a terminal and for GitHub: the state, and the counts that matter.
+func CellText(c Cell) string {
 	total := 0
 	for _, n := range c.Counts {
 		total += n
@@ -77,7 +77,7 @@ func WriteMarkdown(w io.Writer, m *Matrix) error {
 	for _, c := range m.Commands {
 		p.f("| %s |", c.Name)
 		for _, cell := range c.Cells {
-			p.f(" %s |", cellText(cell))
+			p.f(" %s |", CellText(cell))
 		}
 		p.f("\n")
 	}

@@ -23,6 +23,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -227,6 +228,16 @@ func Build(commands []string, inputs []Input, outDir string) *Matrix {
 		}
 	}
 	return m
+}
+
+// WriteJSON writes the matrix as indented JSON, for tools.
+func WriteJSON(w io.Writer, m *Matrix) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(m); err != nil {
+		return fmt.Errorf("write conformance json: %w", err)
+	}
+	return nil
 }
 
 // ReadReports reads a Ginkgo JSON report file ([]types.Report).
