@@ -56,7 +56,7 @@ e2e: agent
 	@mkdir -p $(ARTIFACTS)
 	AGENT=$(call abs,$(AGENT)) IMAGE=$(IMAGE) ARTIFACTS=$(call abs,$(ARTIFACTS)) \
 	  $(GINKGO) -v --procs=$(PROCS) --label-filter='$(LABELS)' \
-	  --junit-report=junit.xml --output-dir=$(call abs,$(ARTIFACTS)) ./specs
+	  --junit-report=junit.xml --json-report=report.json --output-dir=$(call abs,$(ARTIFACTS)) ./specs
 
 clean:
 	rm -rf bin $(ARTIFACTS)
@@ -97,3 +97,41 @@ release:
 	    -o bin/release/qga-linux-$$arch ./agent/cmd/qga; \
 	done
 	cd bin/release && sha256sum qga-linux-* > SHA256SUMS
+
+.PHONY: conformance diff diff-host
+
+# `make conformance AGENTS="bin/qga /usr/sbin/qemu-ga"` runs the VM suite once per agent, each
+# with its own reports and artifacts in $(ARTIFACTS)/<agent path, / turned into ->
+# (bin/qga -> bin-qga), then writes $(ARTIFACTS)/conformance.md and conformance.html: a
+# command x agent matrix (harness/report). Every agent runs even when one fails; the target
+# fails when any agent failed a spec it must pass. LABELS and PROCS apply to every run.
+AGENTS ?= bin/qga /usr/sbin/qemu-ga
+
+conformance: agent
+	@pairs=""; \
+	for a in $(AGENTS); do \
+	  s=$${a#./}; s=$${s#/}; s=$${s//\//-}; \
+	  echo "conformance: make e2e AGENT=$$a ARTIFACTS=$(ARTIFACTS)/$$s"; \
+	  rm -rf "$(ARTIFACTS)/$$s"; \
+	  $(MAKE) --no-print-directory e2e AGENT="$$a" ARTIFACTS="$(ARTIFACTS)/$$s" \
+	    || echo "conformance: the suite failed for $$a (the report says why)"; \
+	  pairs="$$pairs $$a=$(ARTIFACTS)/$$s"; \
+	done; \
+	$(GO) run ./harness/cmd/conformance -out $(ARTIFACTS) $$pairs
+
+# `make diff A=bin/qga B=/usr/sbin/qemu-ga` boots one tiny VM with both agents, each on its own
+# port, sends them the request corpus (corpus/requests/*.json) and writes $(ARTIFACTS)/diff.md
+# and diff.json (harness/diff). It fails on class or value differences that
+# corpus/documented.json does not accept; desc (error text) differences are reported only.
+# `make diff-host` does the same on this machine over unix-listen, in seconds, with the
+# entries that are safe on a host.
+A ?= bin/qga
+B ?= /usr/sbin/qemu-ga
+
+diff: agent
+	scripts/install-deps.sh e2e
+	$(GO) run ./harness/cmd/qgadiff -mode vm -a $(A) -b $(B) -out $(ARTIFACTS)
+
+diff-host: agent
+	scripts/install-deps.sh test
+	$(GO) run ./harness/cmd/qgadiff -mode host -a $(A) -b $(B) -out $(ARTIFACTS)
