@@ -201,11 +201,16 @@ func Build(commands []string, inputs []Input, outDir string) *Matrix {
 		}
 		m.Runs = append(m.Runs, run)
 	}
-	// A spec one run lacks (a different tree) did not run there.
+	// A spec one run lacks did not run there: the run broke before its specs (a compile
+	// error), or it ran a different tree.
 	for i := range m.Specs {
 		for ri := range m.Specs[i].Results {
 			if m.Specs[i].Results[ri].State == "" {
-				m.Specs[i].Results[ri] = Result{State: NotRun, Message: "this run's report has no such spec"}
+				msg := "this run's report has no such spec"
+				if len(m.Runs[ri].Problems) > 0 {
+					msg = "the run broke before its specs ran (see its failures outside the specs)"
+				}
+				m.Specs[i].Results[ri] = Result{State: NotRun, Message: msg}
 			}
 		}
 	}

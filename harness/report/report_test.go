@@ -236,6 +236,9 @@ func TestMissingReportAndFailedSetup(t *testing.T) {
 	if got := cellOf(t, m, "guest-ping", 2).State; got != NotRun {
 		t.Errorf("without a report the cell is %s, want not run", got)
 	}
+	if msg := m.Specs[0].Results[2].Message; !strings.Contains(msg, "broke before its specs ran") {
+		t.Errorf("a spec of the run without a report says %q", msg)
+	}
 	if p := m.Runs[1].Problems; len(p) != 1 || !strings.Contains(p[0].Message, "AGENT=/nope") {
 		t.Errorf("setup problem %+v", p)
 	}
