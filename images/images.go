@@ -11,3 +11,11 @@ import "embed"
 //
 //go:embed all:tiny
 var Tiny embed.FS
+
+// DebianCloud is the debian-cloud profile: debian-cloud/packages (what mmdebstrap installs),
+// debian-cloud/customize (the build's last step, run on the finished root), debian-cloud/rootfs/
+// (files copied into the image) and debian-cloud/seed/ (the scripts every NoCloud seed carries,
+// for this image and for downloaded ones alike).
+//
+//go:embed all:debian-cloud
+var DebianCloud embed.FS

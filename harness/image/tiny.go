@@ -321,7 +321,7 @@ func lockFile(ctx context.Context, path string, progress io.Writer) (func(), err
 		f.Close()
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
-	fmt.Fprintf(progress, "tiny: another process is building %s; waiting for it\n", strings.TrimSuffix(filepath.Base(path), ".lock"))
+	fmt.Fprintf(progress, "image: another process is building %s; waiting for it\n", strings.TrimSuffix(filepath.Base(path), ".lock"))
 	start := time.Now()
 	got := make(chan error, 1)
 	go func() { got <- syscall.Flock(fd, syscall.LOCK_EX) }()
@@ -331,7 +331,7 @@ func lockFile(ctx context.Context, path string, progress io.Writer) (func(), err
 			f.Close()
 			return nil, fmt.Errorf("lock %s: %w", path, err)
 		}
-		fmt.Fprintf(progress, "tiny: waited %.1fs for the other build\n", time.Since(start).Seconds())
+		fmt.Fprintf(progress, "image: waited %.1fs for the other build\n", time.Since(start).Seconds())
 		return release, nil
 	case <-ctx.Done():
 		// flock cannot be interrupted: release the lock whenever the waiter gets it.
@@ -342,19 +342,23 @@ func lockFile(ctx context.Context, path string, progress io.Writer) (func(), err
 			}
 			f.Close()
 		}()
-		return nil, fmt.Errorf("wait for the tiny image lock: %w", ctx.Err())
+		return nil, fmt.Errorf("wait for the image lock %s: %w", path, ctx.Err())
 	}
 }
 
-// stepper prints "tiny: <step>" and then its duration.
+// stepper prints "<name>: <step>" (name defaults to tiny) and then its duration.
 type stepper struct {
 	w     io.Writer
 	n, of int
+	name  string
 }
 
 func (s *stepper) do(what string, f func() (string, error)) error {
 	s.n++
-	fmt.Fprintf(s.w, "tiny: [%d/%d] %s\n", s.n, s.of, what)
+	if s.name == "" {
+		s.name = "tiny"
+	}
+	fmt.Fprintf(s.w, "%s: [%d/%d] %s\n", s.name, s.n, s.of, what)
 	start := time.Now()
 	note, err := f()
 	if err != nil {
@@ -363,7 +367,7 @@ func (s *stepper) do(what string, f func() (string, error)) error {
 	if note != "" {
 		note = ": " + note
 	}
-	fmt.Fprintf(s.w, "tiny: [%d/%d] done in %.1fs%s\n", s.n, s.of, time.Since(start).Seconds(), note)
+	fmt.Fprintf(s.w, "%s: [%d/%d] done in %.1fs%s\n", s.name, s.n, s.of, time.Since(start).Seconds(), note)
 	return nil
 }
 
