@@ -31,7 +31,10 @@ const gfDir = "/tmp/qgakit-file"
 // gfModes are every mode string the reference accepts (guest_file_open_modes).
 var gfModes = []string{"r", "rb", "r+", "rb+", "r+b", "w", "wb", "w+", "wb+", "w+b", "a", "ab", "a+", "ab+", "a+b"}
 
-var _ = Describe("guest-file-*", Ordered, func() {
+// One guest for all: the specs use files of their own. ContinueOnFailure, because a failure
+// leaves nothing the next spec depends on, and a report of every failing case says more about
+// an agent than the first one alone.
+var _ = Describe("guest-file-*", Ordered, ContinueOnFailure, func() {
 	var guest *vm.VM
 	BeforeAll(func(ctx SpecContext) {
 		guest = bootGuest(ctx)
@@ -502,12 +505,11 @@ var _ = Describe("guest-file-*", Ordered, func() {
 })
 
 // gfModeEntries are DescribeTable's arguments for the open-mode spec: the body, the entry
-// description, and one entry per mode, each labelled with the commands it exercises and located
-// at the table.
+// description, and one entry per mode, each labelled with the commands it exercises.
 func gfModeEntries(body func(SpecContext, string), describe func(string) string) []any {
 	entries := []any{body, describe}
 	for _, mode := range gfModes {
-		entries = append(entries, Entry(nil, Offset(1), cmdLabel("guest-file-open", "guest-file-read", "guest-file-write",
+		entries = append(entries, Entry(nil, cmdLabel("guest-file-open", "guest-file-read", "guest-file-write",
 			"guest-file-seek", "guest-file-flush", "guest-file-close"), SpecTimeout(2*time.Minute), mode))
 	}
 	return entries

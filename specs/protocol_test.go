@@ -29,23 +29,32 @@ const protoDir = "/tmp/qgakit-proto"
 const protoBigSize = 48 << 20
 
 // protoStuckCount is the read that the specs interrupting a reply ask for: its 21 MiB of base64
-// are far more than what the guest's virtqueue (128 buffers of at most 32 KiB), QEMU and the
-// host's socket can hold while the host reads nothing, and a third of the 48 MiB reply to
-// wait for under TCG.
+// are far more than what the guest's output virtqueue (128 buffers, each at most 32 KiB) and the
+// host's socket can hold while the host reads nothing, and a third of the 48 MiB reply to wait
+// for under TCG.
 const protoStuckCount = 16 << 20
 
-var _ = Describe("the protocol over virtio-serial", Ordered, Label("protocol"), func() {
+// One guest for all. ContinueOnFailure, because every spec starts from a synchronised stream
+// (BeforeEach) and uses files of its own; the reply specs that need the 48 MiB file check that
+// the spec making it got that far.
+var _ = Describe("the protocol over virtio-serial", Ordered, ContinueOnFailure, Label("protocol"), func() {
 	var guest *vm.VM
 	// big is the content of protoDir/big as the console vouched for it (by sha256), once the
 	// 48 MiB spec has read it.
 	var big []byte
 	BeforeAll(func(ctx SpecContext) {
 		// A 48 MiB reply costs the agent several copies of it (file data, base64, JSON), on top
-		// of the 48 MiB file in tmpfs: more than the default 512 MiB leaves room for.
+		// of the 48 MiB file in tmpfs; the default 512 MiB would leave little room to spare,
+		// and TCG allocates the guest's memory only as it is touched.
 		guest = bootGuest(ctx, withVM(vm.WithMemory(1024)))
 		_, err := guest.Console().RunOK(ctx, "mkdir -p "+protoDir)
 		Expect(err).NotTo(HaveOccurred())
 	}, NodeTimeout(bootTimeout))
+	BeforeEach(func(ctx SpecContext) {
+		// A spec that failed halfway may have left replies unread; they must not be read as
+		// the next spec's.
+		Expect(guest.Agent().Sync(ctx)).To(Succeed())
+	}, NodeTimeout(time.Minute))
 
 	It("answers malformed JSON with the reference's parse errors, runs none of it, and answers the next request",
 		cmdLabel("guest-file-open", "guest-ping"), func(ctx SpecContext) {
