@@ -135,3 +135,22 @@ diff: agent
 diff-host: agent
 	scripts/install-deps.sh test
 	$(GO) run ./harness/cmd/qgadiff -mode host -a $(A) -b $(B) -out $(ARTIFACTS)
+
+.PHONY: bench
+
+# `make bench` writes $(ARTIFACTS)/bench.json and prints a table (harness/bench): QEMU start to
+# the agent answering by cold boot and by snapshot restore (median of 5), the suite's wall time
+# (`make e2e` with the defaults), and bin/qga against the reference qemu-ga in restored VMs of
+# the same shape and on the host: guest-ping round trips, 64 MiB guest-file-read throughput,
+# RSS, exec to first answered sync. It reports and asserts nothing about time; it fails only
+# when a measurement could not be taken. BENCH_SUITE=0 skips the suite (the longest part);
+# BENCH_FLAGS passes more flags (go run ./harness/bench/cmd/qgabench -h lists them).
+BENCH_SUITE ?= 1
+BENCH_REFERENCE ?= /usr/sbin/qemu-ga
+BENCH_FLAGS ?=
+
+bench: agent
+	scripts/install-deps.sh e2e
+	@mkdir -p $(ARTIFACTS)
+	$(GO) run ./harness/bench/cmd/qgabench -ours bin/qga -reference $(BENCH_REFERENCE) \
+	  -out $(ARTIFACTS)/bench.json -suite=$(if $(filter 0 false no,$(BENCH_SUITE)),false,true) $(BENCH_FLAGS)

@@ -334,8 +334,10 @@ func (g *guestAgent) firstSync(ctx context.Context) (time.Duration, error) {
 	mark := m.Mark()
 	stop := "kill $(cat /run/qgabench-agent.pid)"
 	if !g.manual {
-		// pgrep's pattern is bracketed so that it does not match the shell running it.
-		stop = "kill $(pgrep -f '[l]ib/tiny/supervisor') && kill $(pidof agent)"
+		// The supervisor is the agent's parent: stop it first, or it restarts the agent.
+		stop = `set -- $(pidof agent); [ $# -eq 1 ] || { echo "agents: $*"; exit 1; }; ` +
+			`s=$(awk '/^PPid:/{print $2}' /proc/$1/status); grep -q supervisor /proc/$s/cmdline || ` +
+			`{ echo "the agent's parent $s is no supervisor"; exit 1; }; kill $s && kill $1`
 	}
 	if _, err := g.v.Console().RunOK(ctx, stop); err != nil {
 		return 0, fmt.Errorf("stop the agent: %w", err)

@@ -119,6 +119,17 @@ func (t *Template) StateBytes() int64 {
 	return t.man.StateBytes
 }
 
+// SaveTime is how long Save's stop and migration to the state file took, 0 before the template
+// is saved or loaded.
+func (t *Template) SaveTime() time.Duration {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.man == nil {
+		return 0
+	}
+	return time.Duration(t.man.SaveSeconds * float64(time.Second))
+}
+
 // Save boots the machine, runs ready on it (wait for the guest to be where every clone should
 // start, e.g. for its "ready" line on the serial log; nil to save right after QEMU started),
 // then stops it, saves its state into the template directory and ends that QEMU: a source can
