@@ -143,7 +143,14 @@ func run(ctx context.Context, o options) (*bench.Report, error) {
 	}
 	if o.suite && ctx.Err() == nil {
 		progressf("the suite: make e2e %s (this takes a while; -suite=false skips it)", o.suiteArgs)
-		d, run, err := bench.RunSuite(ctx, o.repo, filepath.Join(filepath.Dir(o.out), "bench-suite.log"), strings.Fields(o.suiteArgs)...)
+		// Its reports go to a dir of their own, so that a `make e2e` someone runs meanwhile
+		// does not mix its files with these.
+		outDir, err := filepath.Abs(filepath.Dir(o.out))
+		if err != nil {
+			return r, err
+		}
+		args := append([]string{"ARTIFACTS=" + filepath.Join(outDir, "bench-suite")}, strings.Fields(o.suiteArgs)...)
+		d, run, err := bench.RunSuite(ctx, o.repo, filepath.Join(outDir, "bench-suite.log"), args...)
 		r.Suite = run
 		if err != nil {
 			fail("suite", err)
