@@ -22,6 +22,15 @@
 //     (tail -f it while debugging), and written line by line with timestamps to the log writer.
 //   - ttyS1 is the console shell the Console type drives with a marker protocol (see Console).
 //
+// # Snapshots
+//
+// A Template is a set of options whose booted state is saved once (Save: boot, a caller's ready
+// function, QMP stop, migrate to a state file) and restored many times (Restore: the same
+// command line plus -incoming defer, migrate-incoming, cont, the guest clock stepped through the
+// console), each clone on fresh qcow2 overlays of every disk. The agent's port is never part of
+// a snapshot: clones attach it (AttachAgent, or RestoreAgent). See snapshot.go for what clones
+// share.
+//
 // # Files
 //
 // Everything lives in /tmp/qgakit-XXXX (short: unix socket paths are limited to 108 bytes):
