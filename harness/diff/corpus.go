@@ -370,9 +370,9 @@ func (e *Entry) checkHostPaths() error {
 			Mode any `json:"mode"`
 		} `json:"arguments"`
 	}
-	if json.Unmarshal(e.Send, &req) != nil {
-		return nil
-	}
+	// Arguments that do not decode here (not an object) are refused by every agent's argument
+	// checks, and leave path empty.
+	_ = json.Unmarshal(e.Send, &req)
 	path, _ := req.Arguments.Path.(string)
 	mode, _ := req.Arguments.Mode.(string)
 	if path == "" || strings.HasPrefix(path, "${tmp}") {

@@ -111,7 +111,11 @@ func (h *HostAgent) dial(ctx context.Context, sock string) (*qga.Client, error) 
 		}
 		select {
 		case <-h.exited:
-			return nil, fmt.Errorf("exited before listening (%v): %s", h.err, h.out.String())
+			why := "exit status 0"
+			if h.err != nil {
+				why = h.err.Error()
+			}
+			return nil, fmt.Errorf("exited before listening (%s): %s", why, h.out.String())
 		case <-dctx.Done():
 			return nil, fmt.Errorf("no socket at %s: %w", sock, context.Cause(dctx))
 		case <-tick.C:
