@@ -428,3 +428,14 @@ func TestSwallowedMarkerResyncs(t *testing.T) {
 		t.Errorf("the entry after the resync: %+v", second.A)
 	}
 }
+
+// An agent that exits instead of listening is reported as such, without waiting for the
+// socket's timeout.
+func TestStartHostAgentExits(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := StartHost(ctx, "A", "/bin/false", t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), "exited before listening (exit status 1)") {
+		t.Errorf("StartHost(/bin/false) = %v, want an early exit with its status", err)
+	}
+}
