@@ -44,6 +44,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/qgakit/qgakit/harness/qmp"
 )
 
@@ -137,18 +139,75 @@ func (t *Template) SaveTime() time.Duration {
 // result): a clone's machine is the command line's.
 //
 // A directory is saved into once: Save fails when it already holds a snapshot.
-func (t *Template) Save(ctx context.Context, ready func(context.Context, *VM) error) (err error) {
+func (t *Template) Save(ctx context.Context, ready func(context.Context, *VM) error) error {
+	return t.save(ctx, ready, false)
+}
+
+// SaveOnce is Save for several processes sharing the template directory (Ginkgo's parallel
+// processes): the first to get there saves, while the others wait for it and then use its
+// snapshot. It returns nil when the directory already holds a snapshot.
+func (t *Template) SaveOnce(ctx context.Context, ready func(context.Context, *VM) error) error {
+	return t.save(ctx, ready, true)
+}
+
+func (t *Template) save(ctx context.Context, ready func(context.Context, *VM) error, once bool) error {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	if t.man != nil {
+		t.mu.Unlock()
+		if once {
+			return nil
+		}
 		return fmt.Errorf("vm: save template %s: already saved", t.dir)
 	}
-	if _, err := os.Stat(filepath.Join(t.dir, snapshotManifestFile)); err == nil {
-		return fmt.Errorf("vm: save template %s: it already holds a snapshot (Restore from it, or remove it first)", t.dir)
-	}
+	t.mu.Unlock()
 	if err := os.MkdirAll(t.dir, 0o755); err != nil {
 		return fmt.Errorf("vm: save template: %w", err)
 	}
+	unlock, err := lockDir(ctx, t.dir)
+	if err != nil {
+		return fmt.Errorf("vm: save template %s: %w", t.dir, err)
+	}
+	defer unlock()
+	if _, err := os.Stat(filepath.Join(t.dir, snapshotManifestFile)); err == nil {
+		if !once {
+			return fmt.Errorf("vm: save template %s: it already holds a snapshot (Restore from it, or remove it first)", t.dir)
+		}
+		if _, err := t.manifest(); err != nil {
+			return fmt.Errorf("vm: save template %s: %w", t.dir, err)
+		}
+		return nil
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.saveLocked(ctx, ready)
+}
+
+// lockDir takes an exclusive lock on dir/.lock, waiting for another process's as long as ctx
+// allows; flock locks go away with their holder, so a crashed saver blocks no one.
+func lockDir(ctx context.Context, dir string) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	locked := make(chan error, 1)
+	go func() { locked <- unix.Flock(int(f.Fd()), unix.LOCK_EX) }()
+	select {
+	case err := <-locked:
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", f.Name(), err)
+		}
+		return func() { f.Close() }, nil
+	case <-ctx.Done():
+		// Closing the file does not end a blocked flock: it ends when the holder lets go, and
+		// then the lock dies with this file.
+		go func() { <-locked; f.Close() }()
+		return nil, fmt.Errorf("wait for the lock on %s: %w", dir, context.Cause(ctx))
+	}
+}
+
+// saveLocked does Save's work; t.mu and the directory lock are held.
+func (t *Template) saveLocked(ctx context.Context, ready func(context.Context, *VM) error) (err error) {
 	cfg := newConfig(t.opts)
 	for i := range cfg.disks {
 		cfg.disks[i].Overlay = true
