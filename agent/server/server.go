@@ -73,17 +73,19 @@ func (s *Server) Serve(ctx context.Context) error {
 			return nil
 		case errors.Is(err, io.EOF):
 			s.Log.Debugf("received EOF")
-		case err != nil && s.Channel.PerClient():
+		case s.Channel.PerClient():
 			// One client's broken connection is no reason to stop serving the next; the
 			// reference exits here, which a client that hangs up mid-reply can trigger.
 			s.Log.Warningf("error reading channel: %v", err)
-		case err != nil:
+		default:
 			s.Log.Warningf("error reading channel: %v", err)
 			return err
 		}
 	}
 }
 
+// serveStream reads and answers until the stream fails. It only returns when a read does, so
+// its error is never nil: io.EOF for a client that hung up, or why the channel broke.
 func (s *Server) serveStream(ctx, writeCtx context.Context, st transport.Stream, buf []byte) error {
 	emit := func(m protocol.Message) {
 		if ctx.Err() != nil {

@@ -66,7 +66,11 @@ func startDevice(t *testing.T, srv *Server) (*host, func() error) {
 		return <-done
 	})
 	t.Cleanup(func() {
-		stop()
+		// Serve returns nil once cancelled, so an error here is a channel failure that the
+		// test itself did not look for.
+		if err := stop(); err != nil {
+			t.Errorf("Serve: %v", err)
+		}
 		ch.Close()
 		unix.Close(fds[1])
 	})
@@ -237,7 +241,10 @@ func TestLogging(t *testing.T) {
 	if l := h.line(t); !strings.Contains(l, "JSON parse error") {
 		t.Fatalf("NUL drew %q", l)
 	}
-	stop()
+	// Serve has returned once stop does, so every log line is written.
+	if err := stop(); err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
 	lines := strings.SplitAfter(out.String(), "\n")
 	want := []string{
 		"debug: read data, count: 25, data: {\"execute\":\"guest-ping\"}\n",
