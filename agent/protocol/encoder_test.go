@@ -111,7 +111,7 @@ type sample struct {
 	OptZero  *int64            `json:"opt-zero,omitempty"`
 	Empty    string            `json:"empty,omitempty"`
 	Skipped  string            `json:"-"`
-	Dash     string            `json:"-,"`
+	Dash     string            `json:"-,"` //nolint:staticcheck // SA5008: "-," names the field "-" in encoding/json, a rule the encoder must follow too.
 	Untagged uint32            //
 	Level    level             `json:"level"`
 	List     []inner           `json:"list"`

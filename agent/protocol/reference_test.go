@@ -109,8 +109,12 @@ func (r *refAgent) exchange(chunks ...[]byte) ([]string, error) {
 	for {
 		line, err := r.rd.ReadString('\n')
 		if err != nil {
-			<-werr
-			return lines, fmt.Errorf("reading the reference's replies (agent stderr: %q): %w", r.stderr.String(), err)
+			// The writer ends once the connection does; why it failed, if it did, can explain
+			// the read's failure.
+			writeErr := <-werr
+			return lines, errors.Join(
+				fmt.Errorf("reading the reference's replies (agent stderr: %q): %w", r.stderr.String(), err),
+				writeErr)
 		}
 		line = strings.TrimSuffix(line, "\n")
 		if line == want {
