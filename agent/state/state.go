@@ -244,9 +244,10 @@ func parseCounter(data []byte) (int64, error) {
 	if !found {
 		return FirstHandle, nil
 	}
-	n, err := strconv.ParseInt(strings.TrimRight(value, " \t"), 10, 64)
-	if err != nil || n < 0 {
-		return FirstHandle, nil
+	// A value that is not a non-negative integer is not an error in the document: the
+	// counter starts over, as documented above.
+	if n, err := strconv.ParseInt(strings.TrimRight(value, " \t"), 10, 64); err == nil && n >= 0 {
+		return n, nil
 	}
-	return n, nil
+	return FirstHandle, nil
 }
