@@ -143,9 +143,8 @@ func SocketActivation() (fd int, method string, ok bool, err error) {
 	os.Unsetenv("LISTEN_PID")
 	os.Unsetenv("LISTEN_FDS")
 	os.Unsetenv("LISTEN_FDNAMES")
-	n, err := strconv.Atoi(nfds)
-	switch {
-	case err != nil || n < 1:
+	switch n := listenFDCount(nfds); {
+	case n < 1:
 		return 0, "", false, nil
 	case n > 1:
 		return 0, "", true, errors.New("qemu-ga only supports listening on one socket")
@@ -162,6 +161,16 @@ func SocketActivation() (fd int, method string, ok bool, err error) {
 		return listenFDsStart, VsockListen, true, nil
 	}
 	return 0, "", true, errors.New("unsupported listen fd type")
+}
+
+// listenFDCount is LISTEN_FDS as a number, 0 when it is not one: a count that does not parse
+// means no socket was passed, not a failure to start.
+func listenFDCount(s string) int {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return 0
+	}
+	return n
 }
 
 // FromListener wraps an already listening socket (socket activation); the channel owns fd.

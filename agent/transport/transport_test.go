@@ -203,7 +203,7 @@ func TestUnixListen(t *testing.T) {
 			t.Fatalf("client got %q", buf[:n])
 		}
 		c.Close()
-		if _, err := s.Read(ctx, buf); err != io.EOF {
+		if _, err := s.Read(ctx, buf); !errors.Is(err, io.EOF) {
 			t.Fatalf("read after client left: %v, want io.EOF", err)
 		}
 		s.Close()
@@ -212,7 +212,9 @@ func TestUnixListen(t *testing.T) {
 
 func TestUnixListenRefusesNonSocket(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "file")
-	os.WriteFile(path, []byte("keep me"), 0o644)
+	if err := os.WriteFile(path, []byte("keep me"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := Open(UnixListen, path, Options{}); err == nil || !strings.Contains(err.Error(), "Failed to bind socket to "+path) {
 		t.Fatalf("err %v", err)
 	}
@@ -238,7 +240,9 @@ func TestOpenErrors(t *testing.T) {
 	}
 	// A regular file is not a terminal.
 	f := filepath.Join(t.TempDir(), "notatty")
-	os.WriteFile(f, nil, 0o600)
+	if err := os.WriteFile(f, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := Open(ISASerial, f, Options{}); err == nil || !strings.Contains(err.Error(), "error opening channel") {
 		t.Fatalf("isa-serial on a file: %v", err)
 	}
@@ -296,9 +300,14 @@ func TestISASerial(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Close(early)
-	raw, _ := unix.IoctlGetTermios(early, unix.TCGETS)
+	raw, err := unix.IoctlGetTermios(early, unix.TCGETS)
+	if err != nil {
+		t.Fatal(err)
+	}
 	raw.Lflag &^= unix.ICANON | unix.ECHO
-	unix.IoctlSetTermios(early, unix.TCSETS, raw)
+	if err := unix.IoctlSetTermios(early, unix.TCSETS, raw); err != nil {
+		t.Fatal(err)
+	}
 	unix.Write(m, []byte("stale garbage"))
 	// Wait until the line discipline has queued it.
 	for {
@@ -362,9 +371,15 @@ func TestDeviceHostReconnects(t *testing.T) {
 		t.Fatal(err)
 	}
 	var eofs atomic.Int32
+	// Holds a token whenever eofs changed since the test last looked.
+	eofSeen := make(chan struct{}, 1)
 	ch, err := NewDeviceChannel(fd, Options{Debugf: func(format string, _ ...any) {
 		if format == "received EOF" {
 			eofs.Add(1)
+			select {
+			case eofSeen <- struct{}{}:
+			default:
+			}
 		}
 	}})
 	if err != nil {
@@ -389,13 +404,15 @@ func TestDeviceHostReconnects(t *testing.T) {
 	for i, part := range []string{`{"execute":"guest-sy`, `nc","arguments":{"id":1}}`} {
 		// Each "host" connects after the agent has seen the port disconnected.
 		for eofs.Load() <= int32(i) {
-			unix.Poll(nil, 1)
+			<-eofSeen
 		}
 		w, err := os.OpenFile(path, os.O_WRONLY, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		w.WriteString(part)
+		if _, err := w.WriteString(part); err != nil {
+			t.Fatal(err)
+		}
 		w.Close()
 		var got []byte
 		for len(got) < len(part) {
@@ -407,6 +424,22 @@ func TestDeviceHostReconnects(t *testing.T) {
 		}
 		if string(got) != part {
 			t.Fatalf("host %d: read %q", i, got)
+		}
+	}
+}
+
+// A LISTEN_FDS that is not a positive count means systemd passed no socket: the agent opens
+// its channel as configured instead of failing, as QEMU's check_socket_activation does.
+func TestSocketActivationWithoutUsableCount(t *testing.T) {
+	for _, nfds := range []string{"x", "0", "-1", "1x"} {
+		t.Setenv("LISTEN_PID", fmt.Sprint(os.Getpid()))
+		t.Setenv("LISTEN_FDS", nfds)
+		fd, method, ok, err := SocketActivation()
+		if ok || err != nil || fd != 0 || method != "" {
+			t.Errorf("LISTEN_FDS=%q: fd %d method %q ok %v err %v, want no activation", nfds, fd, method, ok, err)
+		}
+		if _, set := os.LookupEnv("LISTEN_FDS"); set {
+			t.Errorf("LISTEN_FDS=%q: left in the environment", nfds)
 		}
 	}
 }
