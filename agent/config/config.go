@@ -166,8 +166,10 @@ func Parse(args []string, getenv func(string) string) (*Invocation, error) {
 		}
 	}
 	if gerr != nil {
+		// A bad option is a result, not a failure to parse: the caller reports it as the
+		// reference does, after the options before it have acted.
 		inv.Action, inv.GetoptErr = UnknownOption, gerr
-		return inv, nil
+		return inv, nil //nolint:nilerr // the option error travels in inv.GetoptErr
 	}
 
 	if !inv.given["pidfile"] {
