@@ -38,7 +38,6 @@ type agent struct {
 	deferredPid    bool // -d while frozen at start: the pidfile waits for the thaw
 	wasFrozen      atomic.Bool
 	activated      transport.Channel
-	activationErr  error
 	activationMeth string
 }
 

@@ -55,7 +55,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "Unknown option, try '%s --help' for more information.\n", prog)
 		return 1
 	case config.DumpConf:
-		io.WriteString(stdout, inv.Dump())
+		// Like the other prints here and the reference's, a failed write does not change
+		// the exit status.
+		fmt.Fprint(stdout, inv.Dump())
 		return 0
 	}
 	a := &agent{cfg: inv.Config, stderr: stderr}
