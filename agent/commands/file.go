@@ -174,7 +174,9 @@ func (ft *fileTable) open(path, mode string) (int64, error) {
 	if created {
 		if err := unix.Fchmod(fd, newFileMode); err != nil {
 			unix.Close(fd)
-			unix.Unlink(cpath)
+			// The reply is about the fchmod failure; like the reference, a failed cleanup
+			// unlink goes unreported.
+			_ = unix.Unlink(cpath)
 			return 0, protocol.Errorf("failed to set permission 0%03o on new file '%s' (mode: '%s'): %s",
 				newFileMode, path, mode, strerror(err))
 		}
@@ -375,7 +377,7 @@ func (ft *fileTable) seek(h, offset int64, wh any) (any, error) {
 	}
 	pos, err := unix.Seek(f.fd, offset, w)
 	if err != nil {
-		if err == unix.ESPIPE {
+		if errors.Is(err, unix.ESPIPE) {
 			f.state = rwNew
 		}
 		return nil, protocol.Errorf("failed to seek file: %s", strerror(err))

@@ -2,6 +2,7 @@ package commands
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"net/netip"
@@ -170,7 +171,7 @@ func networkStats(env *Env, name string) *networkStat {
 func parseCounter(s string) (uint64, bool) {
 	n, err := strconv.ParseInt(s, 10, 64)
 	if err != nil {
-		if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange {
+		if errors.Is(err, strconv.ErrRange) {
 			if strings.HasPrefix(s, "-") {
 				return uint64(1) << 63, true // LLONG_MIN stored into a uint64
 			}

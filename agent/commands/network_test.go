@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -215,3 +216,23 @@ func TestInetNtopMatchesGlibc(t *testing.T) {
 }
 
 func jsonNumber(s string) json.Number { return json.Number(s) }
+
+// The reference reads /proc/net/dev with %lld: out-of-range counters saturate, and a field
+// that is not a number makes the line unusable.
+func TestParseCounterSaturates(t *testing.T) {
+	cases := []struct {
+		in   string
+		want uint64
+		ok   bool
+	}{
+		{"12", 12, true},
+		{"99999999999999999999", math.MaxInt64, true},
+		{"-99999999999999999999", 1 << 63, true},
+		{"x", 0, false},
+	}
+	for _, c := range cases {
+		if got, ok := parseCounter(c.in); got != c.want || ok != c.ok {
+			t.Errorf("parseCounter(%q) = %d, %v; want %d, %v", c.in, got, ok, c.want, c.ok)
+		}
+	}
+}
