@@ -3,6 +3,7 @@ package hosttier
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -75,7 +76,8 @@ func run(t testing.TB, bin string, env []string, args ...string) (string, string
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
 	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
 		code = ee.ExitCode()
 	} else if err != nil {
 		t.Fatalf("run %s: %v", bin, err)
@@ -127,7 +129,9 @@ func TestCommandLine(t *testing.T) {
 				t.Errorf("-D: %d %q", code, out)
 			}
 			conf := filepath.Join(t.TempDir(), "bad.conf")
-			os.WriteFile(conf, []byte("[general]\ndaemon=maybe\n"), 0o600)
+			if err := os.WriteFile(conf, []byte("[general]\ndaemon=maybe\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
 			_, errOut, code = run(t, a.Bin, []string{"QGA_CONF=" + conf}, "-D")
 			if code != 1 || !strings.Contains(errOut, "error loading configuration from path: "+conf+", ") {
 				t.Errorf("bad config: %d %q", code, errOut)
@@ -205,7 +209,9 @@ func TestLogFile(t *testing.T) {
 		t.Run(a.Name, func(t *testing.T) {
 			f := New(t, a)
 			log := filepath.Join(f.Dir, "log")
-			os.WriteFile(log, []byte("earlier line\n"), 0o600)
+			if err := os.WriteFile(log, []byte("earlier line\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
 			f.Args = []string{"-v", "-l", log}
 			f.Launch()
 			f.Connect()
@@ -285,7 +291,9 @@ func TestRetryPath(t *testing.T) {
 				case <-time.After(10 * time.Millisecond):
 				}
 			}
-			os.Mkdir(sockDir, 0o700)
+			if err := os.Mkdir(sockDir, 0o700); err != nil {
+				t.Fatal(err)
+			}
 			deadline := time.Now().Add(ioTimeout)
 			for {
 				c, err := net.Dial("unix", sock)

@@ -92,7 +92,7 @@ func match(r Reply, want string) error {
 	delimited := strings.HasPrefix(want, "\xff")
 	w, err := decodeJSON([]byte(strings.TrimPrefix(want, "\xff")))
 	if err != nil {
-		return fmt.Errorf("bad expectation %q: %v", want, err)
+		return fmt.Errorf("bad expectation %q: %w", want, err)
 	}
 	if r.Delimited != delimited || !reflect.DeepEqual(r.Obj, w) {
 		return fmt.Errorf("got %q, want %q", abbrev(r.Raw), want)

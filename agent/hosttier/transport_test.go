@@ -84,7 +84,9 @@ func TestISASerial(t *testing.T) {
 			}
 			master := os.NewFile(uintptr(mfd), "ptmx")
 			defer master.Close()
-			unix.IoctlSetPointerInt(mfd, unix.TIOCSPTLCK, 0)
+			if err := unix.IoctlSetPointerInt(mfd, unix.TIOCSPTLCK, 0); err != nil {
+				t.Fatal(err)
+			}
 			n, err := unix.IoctlGetInt(mfd, unix.TIOCGPTN)
 			if err != nil {
 				t.Fatal(err)
@@ -97,10 +99,15 @@ func TestISASerial(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer unix.Close(sfd)
-			tio, _ := unix.IoctlGetTermios(sfd, unix.TCGETS)
+			tio, err := unix.IoctlGetTermios(sfd, unix.TCGETS)
+			if err != nil {
+				t.Fatal(err)
+			}
 			tio.Lflag &^= unix.ICANON | unix.ECHO | unix.ISIG
 			tio.Oflag &^= unix.OPOST
-			unix.IoctlSetTermios(sfd, unix.TCSETS, tio)
+			if err := unix.IoctlSetTermios(sfd, unix.TCSETS, tio); err != nil {
+				t.Fatal(err)
+			}
 
 			dir := t.TempDir()
 			startProcess(t, exec.Command(a.Bin, "-m", "isa-serial", "-p", slave, "-t", dir))

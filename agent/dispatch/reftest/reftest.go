@@ -94,7 +94,7 @@ func dialWhenListening(ctx context.Context, sock string, exited <-chan struct{})
 		case <-exited:
 			return nil, errors.New("reference exited before listening")
 		case <-ctx.Done():
-			return nil, fmt.Errorf("%w (last dial error: %v)", ctx.Err(), err)
+			return nil, fmt.Errorf("%w (last dial error: %w)", ctx.Err(), err)
 		case <-time.After(delay):
 		}
 		if delay < 50*time.Millisecond {
