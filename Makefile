@@ -103,8 +103,10 @@ release:
 # `make conformance AGENTS="bin/qga /usr/sbin/qemu-ga"` runs the VM suite once per agent, each
 # with its own reports and artifacts in $(ARTIFACTS)/<agent path, / turned into ->
 # (bin/qga -> bin-qga), then writes $(ARTIFACTS)/conformance.md and conformance.html: a
-# command x agent matrix (harness/report). Every agent runs even when one fails; the target
-# fails when any agent failed a spec it must pass. LABELS and PROCS apply to every run.
+# command x agent matrix (harness/report). Each run tests a copy of the agent taken at its
+# start (<dir>/agent), so a rebuild of bin/qga during the long run cannot change what the specs
+# compare the guest's binary with. Every agent runs even when one fails; the target fails when
+# any agent failed a spec it must pass. LABELS and PROCS apply to every run.
 AGENTS ?= bin/qga /usr/sbin/qemu-ga
 
 conformance: agent
@@ -112,8 +114,9 @@ conformance: agent
 	for a in $(AGENTS); do \
 	  s=$${a#./}; s=$${s#/}; s=$${s//\//-}; \
 	  echo "conformance: make e2e AGENT=$$a ARTIFACTS=$(ARTIFACTS)/$$s"; \
-	  rm -rf "$(ARTIFACTS)/$$s"; \
-	  $(MAKE) --no-print-directory e2e AGENT="$$a" ARTIFACTS="$(ARTIFACTS)/$$s" \
+	  rm -rf "$(ARTIFACTS)/$$s"; mkdir -p "$(ARTIFACTS)/$$s"; \
+	  cp "$$a" "$(ARTIFACTS)/$$s/agent" || exit 1; \
+	  $(MAKE) --no-print-directory e2e AGENT="$(ARTIFACTS)/$$s/agent" ARTIFACTS="$(ARTIFACTS)/$$s" \
 	    || echo "conformance: the suite failed for $$a (the report says why)"; \
 	  pairs="$$pairs $$a=$(ARTIFACTS)/$$s"; \
 	done; \

@@ -6,8 +6,8 @@
 //
 // DIR is the agent's artifacts directory holding report.json (default <out>/<slug of AGENT>).
 // Each agent's version is what guest-info reports when the binary runs on the host in
-// unix-listen mode for a moment (the same binary the suite injected into the guest); when that
-// fails, the first line of `AGENT -V`. It exits 1 when any agent failed a spec it must pass (or
+// unix-listen mode for a moment: DIR/agent when it exists (the copy `make conformance` tested),
+// AGENT otherwise; when that fails, the first line of its -V output. It exits 1 when any agent failed a spec it must pass (or
 // its run broke), 2 when the report could not be written.
 package main
 
@@ -47,7 +47,12 @@ func run() int {
 		if !ok {
 			dir = filepath.Join(*out, report.Slug(agent))
 		}
-		version, source := agentVersion(agent)
+		// make conformance tests a copy taken at the start of the run: ask that one.
+		bin := agent
+		if st, err := os.Stat(filepath.Join(dir, "agent")); err == nil && st.Mode().IsRegular() {
+			bin = filepath.Join(dir, "agent")
+		}
+		version, source := agentVersion(bin)
 		inputs = append(inputs, report.Input{
 			Run: report.Run{Agent: agent, Slug: filepath.Base(dir), Dir: dir,
 				Version: version, VersionSource: source},
@@ -136,7 +141,7 @@ func agentVersion(agent string) (version, source string) {
 	if err != nil {
 		return "", ""
 	}
-	return firstLine(string(b)), agent + " -V"
+	return firstLine(string(b)), "-V"
 }
 
 func firstLine(s string) string {
