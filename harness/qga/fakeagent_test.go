@@ -132,7 +132,12 @@ func (f *fakeAgent) dispatch(msg []byte) {
 			return
 		}
 		var a struct{ ID int64 }
-		json.Unmarshal(req.Arguments, &a)
+		// An id the fake cannot read draws an error instead of a sync reply for id 0, which
+		// a client under test might accept.
+		if err := json.Unmarshal(req.Arguments, &a); err != nil {
+			f.conn.Write([]byte(`{"error": {"class": "GenericError", "desc": "fake: bad sync arguments"}}` + "\n"))
+			return
+		}
 		f.conn.Write([]byte("\xff{\"return\": " + itoa(a.ID) + "}\n"))
 		return
 	}

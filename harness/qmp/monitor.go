@@ -90,7 +90,8 @@ func NewFromConn(ctx context.Context, conn net.Conn) (*Monitor, error) {
 	case err = <-connected:
 	case <-ctx.Done():
 		m.tap.shutdown() // unblocks Connect
-		<-connected
+		// Whatever Connect returns now, the handshake was cut short; the context says why.
+		_ = <-connected
 		err = context.Cause(ctx)
 	}
 	if err != nil {
