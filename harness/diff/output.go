@@ -45,7 +45,8 @@ func WriteMarkdown(w io.Writer, r *Result) error {
 	p.f("| A | `%s` | %s |\n| B | `%s` | %s |\n\n", r.A.Bin, r.A.Version, r.B.Bin, r.B.Version)
 	s := r.Summary
 	p.f("Ran %d of %d entries (%d skipped) in %s: %d answered the same.\n\n", s.Ran, s.Entries, s.Skipped, r.Duration, s.Same)
-	p.f("| class | value | desc | documented |\n|---|---|---|---|\n| %d | %d | %d | %d |\n\n", s.Class, s.Value, s.Desc, s.Documented)
+	p.f("| class differences | value differences | desc differences | documented differences |\n|---|---|---|---|\n| %d | %d | %d | %d |\n\n",
+		s.Class, s.Value, s.Desc, s.Documented)
 	if r.Failed() {
 		p.f("**Result: FAIL** — %d class and %d value differences are not documented in corpus/documented.json.\n\n", s.Class, s.Value)
 	} else {
@@ -74,7 +75,7 @@ func WriteMarkdown(w io.Writer, r *Result) error {
 				}
 			}
 		}
-		p.f("## %s (%d)\n\n", sec.title, len(list))
+		p.f("## %s (%d entries)\n\n", sec.title, len(list))
 		if len(list) == 0 {
 			p.f("None.\n\n")
 		}
