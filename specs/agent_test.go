@@ -24,8 +24,8 @@ var _ = Describe("the agent channel", Ordered, cmdLabel("guest-sync-delimited", 
 	}, NodeTimeout(bootTimeout))
 
 	It("is served by the injected binary, as the console sees it", func(ctx SpecContext) {
-		By("the binary in the guest has the same sha256 as AGENT on the host")
-		want := fileSHA256(env.Agent)
+		By("the binary in the guest has the sha256 AGENT had on the host when it was injected")
+		want := env.AgentSHA256
 		out, err := guest.Console().RunOK(ctx, "sha256sum "+image.AgentPath)
 		Expect(err).NotTo(HaveOccurred())
 		Expect(strings.Fields(out)).To(HaveExactElements(want, image.AgentPath))

@@ -31,6 +31,9 @@ func TestSpecs(t *testing.T) {
 // suite is what SynchronizedBeforeSuite prepares once and hands to every process.
 type suite struct {
 	Agent    string // the agent binary under test, on the host
+	// AgentSHA256 is the digest of Agent when it was injected: a rebuild during the run must not
+	// make the guest's copy look foreign.
+	AgentSHA256 string
 	ImageDir string // the built tiny image in the cache
 	Initrd   string // the tiny initramfs with the agent injected
 	TmpDir   string // the suite's scratch dir, removed after the suite
@@ -79,7 +82,7 @@ var _ = SynchronizedBeforeSuite(func(ctx SpecContext) []byte {
 	initrd := filepath.Join(tmp, "initrd-agent")
 	Expect(t.InjectAgent(ctx, agent, initrd)).To(Succeed())
 
-	b, err := json.Marshal(suite{Agent: agent, ImageDir: t.Dir, Initrd: initrd, TmpDir: tmp})
+	b, err := json.Marshal(suite{Agent: agent, AgentSHA256: fileSHA256(agent), ImageDir: t.Dir, Initrd: initrd, TmpDir: tmp})
 	Expect(err).NotTo(HaveOccurred())
 	return b
 }, func(b []byte) {
