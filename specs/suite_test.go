@@ -30,13 +30,13 @@ func TestSpecs(t *testing.T) {
 
 // suite is what SynchronizedBeforeSuite prepares once and hands to every process.
 type suite struct {
-	Agent    string // the agent binary under test, on the host
+	Agent string // the agent binary under test, on the host
 	// AgentSHA256 is the digest of Agent when it was injected: a rebuild during the run must not
 	// make the guest's copy look foreign.
 	AgentSHA256 string
-	ImageDir string // the built tiny image in the cache
-	Initrd   string // the tiny initramfs with the agent injected
-	TmpDir   string // the suite's scratch dir, removed after the suite
+	ImageDir    string // the built tiny image in the cache
+	Initrd      string // the tiny initramfs with the agent injected
+	TmpDir      string // the suite's scratch dir, removed after the suite
 }
 
 var (
