@@ -40,7 +40,9 @@ GOLANGCI_LINT ?= $(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lin
 ACTIONLINT ?= $(GO) run github.com/rhysd/actionlint/cmd/actionlint@v1.7.12
 
 # Every checker runs even when an earlier one fails, so one run lists everything to fix.
+# shellcheck comes first: actionlint checks the workflows' run: scripts only when it is there.
 lint:
+	scripts/install-deps.sh lint
 	@status=0; \
 	echo "lint: gofmt"; \
 	gofiles=$$(git ls-files --cached --others --exclude-standard '*.go') || { echo "lint: git ls-files failed"; status=1; }; \

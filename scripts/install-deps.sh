@@ -2,7 +2,7 @@
 # Installs what the project needs from Debian's packages. Idempotent and non-interactive:
 # packages already present are left alone, and apt runs only when something is missing.
 #
-#   scripts/install-deps.sh [test|e2e|cloud|all]   (default: all)
+#   scripts/install-deps.sh [test|e2e|cloud|lint|all]   (default: all)
 #
 #   test  what `make test` needs: the reference agent (/usr/sbin/qemu-ga) and QEMU, which the
 #         harness's own tests drive without booting a guest
@@ -10,19 +10,23 @@
 #   cloud what IMAGE=debian-cloud and IMAGE=url:/file: need on top of e2e: mmdebstrap builds the
 #         image from the host's apt sources, and the NoCloud seed is a vfat volume (mtools,
 #         dosfstools) or an ISO (xorriso)
+#   lint  what `make lint` needs besides its Go tools: shellcheck, which actionlint runs on the
+#         workflows' run: scripts (without it, actionlint skips them silently)
 set -euo pipefail
 
 tier=${1:-all}
 test_pkgs=(qemu-guest-agent qemu-system-x86 qemu-utils)
 e2e_pkgs=(busybox-static e2fsprogs xfsprogs cpio zstd kmod)
 cloud_pkgs=(mmdebstrap mtools dosfstools xorriso)
+lint_pkgs=(shellcheck)
 
 case $tier in
   test) want=("${test_pkgs[@]}") ;;
   e2e) want=("${e2e_pkgs[@]}" "${test_pkgs[@]}") ;;
   cloud) want=("${cloud_pkgs[@]}" "${e2e_pkgs[@]}" "${test_pkgs[@]}") ;;
-  all) want=("${cloud_pkgs[@]}" "${e2e_pkgs[@]}" "${test_pkgs[@]}") ;;
-  *) echo "usage: $0 [test|e2e|cloud|all]" >&2; exit 2 ;;
+  lint) want=("${lint_pkgs[@]}") ;;
+  all) want=("${lint_pkgs[@]}" "${cloud_pkgs[@]}" "${e2e_pkgs[@]}" "${test_pkgs[@]}") ;;
+  *) echo "usage: $0 [test|e2e|cloud|lint|all]" >&2; exit 2 ;;
 esac
 
 missing=()
