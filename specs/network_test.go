@@ -96,7 +96,8 @@ func describeNetwork(g *systemGuest) {
 			)
 			console := guest.Console()
 			DeferCleanup(func(ctx SpecContext) {
-				console.Run(ctx, "ip addr del "+v4+" dev eth1; ip addr del "+v4Label+" dev eth1; ip addr del "+v6+" dev eth1")
+				_, _, err := console.Run(ctx, "ip addr del "+v4+" dev eth1; ip addr del "+v4Label+" dev eth1; ip addr del "+v6+" dev eth1")
+				Expect(err).NotTo(HaveOccurred(), "console cleanup")
 			}, NodeTimeout(time.Minute))
 
 			By("ip addr add on the console: an IPv4 and an IPv6 address on eth1, and an IPv4 address labelled eth1:qga")
@@ -131,7 +132,8 @@ func describeNetwork(g *systemGuest) {
 			guest := g.VM
 			console := guest.Console()
 			DeferCleanup(func(ctx SpecContext) {
-				console.Run(ctx, "sysctl -w net.ipv6.conf.eth1.disable_ipv6=0")
+				_, _, err := console.Run(ctx, "sysctl -w net.ipv6.conf.eth1.disable_ipv6=0")
+				Expect(err).NotTo(HaveOccurred(), "console cleanup")
 			}, NodeTimeout(time.Minute))
 
 			By("disabling IPv6 on eth1 from the console, which removes its only addresses")

@@ -107,9 +107,8 @@ const bootTimeout = 2 * time.Minute
 
 // guestConfig is what a spec may change about the VM it boots.
 type guestConfig struct {
-	tiny    image.TinyOptions
-	vm      []vm.Option
-	noAgent bool
+	tiny image.TinyOptions
+	vm   []vm.Option
 }
 
 // guestOption changes a guestConfig.
@@ -130,11 +129,8 @@ func withTiny(f func(*image.TinyOptions)) guestOption {
 	return func(c *guestConfig) { f(&c.tiny) }
 }
 
-// withoutAgent boots the guest without attaching the agent's port.
-func withoutAgent() guestOption { return func(c *guestConfig) { c.noAgent = true } }
-
-// bootGuest boots a tiny guest with the agent under test and, unless told otherwise, attaches
-// the agent's channel and synchronises with it. The VM is closed (and its artifacts kept when
+// bootGuest boots a tiny guest with the agent under test, attaches the agent's channel and
+// synchronises with it. The VM is closed (and its artifacts kept when
 // the spec failed) by DeferCleanup.
 func bootGuest(ctx context.Context, opts ...guestOption) *vm.VM {
 	GinkgoHelper()
@@ -148,10 +144,8 @@ func bootGuest(ctx context.Context, opts ...guestOption) *vm.VM {
 	v := vm.StartT(GinkgoT(), bootCtx, vmOpts...)
 	_, err := v.WaitSerial(bootCtx, "TINY: READY")
 	Expect(err).NotTo(HaveOccurred(), "the guest did not reach TINY: READY")
-	if !c.noAgent {
-		_, err = v.AttachAgent(bootCtx)
-		Expect(err).NotTo(HaveOccurred(), "attach the agent channel")
-	}
+	_, err = v.AttachAgent(bootCtx)
+	Expect(err).NotTo(HaveOccurred(), "attach the agent channel")
 	return v
 }
 

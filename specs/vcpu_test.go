@@ -29,7 +29,8 @@ func describeVCPUs(g *systemGuest) {
 		// Every spec that offlines a CPU puts it back through the console, whatever the agent did.
 		onlineAllOnCleanup := func() {
 			DeferCleanup(func(ctx SpecContext) {
-				g.Console().Run(ctx, "for f in /sys/devices/system/cpu/cpu[0-9]*/online; do echo 1 > $f; done")
+				_, _, err := g.Console().Run(ctx, "for f in /sys/devices/system/cpu/cpu[0-9]*/online; do echo 1 > $f; done")
+				Expect(err).NotTo(HaveOccurred(), "console cleanup")
 			}, NodeTimeout(time.Minute))
 		}
 
