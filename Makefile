@@ -12,7 +12,8 @@ IMAGE ?= tiny
 LABELS ?=
 PROCS ?= 1
 ARTIFACTS ?= _artifacts
-VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+# Our version always names the project, so reports and specs can tell it from a qemu-ga.
+VERSION ?= qgakit-$(shell git describe --always --dirty 2>/dev/null || echo dev)
 
 # Absolute, because Ginkgo runs the suite from inside specs/.
 abs = $(if $(filter /%,$(1)),$(1),$(CURDIR)/$(1))

@@ -199,7 +199,7 @@ var _ = Describe("guest-suspend-ram", Label("destructive", "suspend"), cmdLabel(
 
 	It("on a machine without S3: ours says not supported and the guest keeps running; the reference freezes the guest", func(ctx SpecContext) {
 		guest := bootGuest(ctx, withVM(vm.WithoutS3()))
-		reference := isReferenceAgent(ctx, guest)
+		reference := isReference()
 
 		By("console: the kernel still lists mem in /sys/power/state, but /sys/power/mem_sleep has no deep (S3)")
 		out, err := guest.Console().RunOK(ctx, "cat /sys/power/state; echo; cat /sys/power/mem_sleep")
@@ -256,7 +256,7 @@ var _ = Describe("guest-suspend-disk", Label("destructive", "suspend"), cmdLabel
 
 	It("without swap: an error, and the guest keeps running", func(ctx SpecContext) {
 		guest := bootGuest(ctx)
-		reference := isReferenceAgent(ctx, guest)
+		reference := isReference()
 
 		By("console: the kernel lists disk in /sys/power/state, and /proc/swaps has its header line only")
 		out, err := guest.Console().RunOK(ctx, "cat /sys/power/state")
@@ -293,7 +293,7 @@ var _ = Describe("guest-suspend-hybrid", Label("destructive", "suspend"), cmdLab
 		Expect(out).To(ContainSubstring("no-pm-is-supported"))
 		Expect(out).To(ContainSubstring("no-systemctl"))
 
-		if isReferenceAgent(ctx, h.guest) {
+		if isReference() {
 			// Reference deviation: qemu-ga 7.2 has no sysfs hybrid mode (qga-behavior.md,
 			// guest-suspend-*); it reaches hybrid only through systemd or pm-utils.
 			mark := h.guest.QMP().Mark()
@@ -531,18 +531,6 @@ func expectConsoleSilent(ctx context.Context, guest *vm.VM) {
 	defer cancel()
 	out, _, err := guest.Console().Run(cctx, "echo alive")
 	Expect(err).To(MatchError(context.DeadlineExceeded), "the console answered: %q", out)
-}
-
-// isReferenceAgent tells the reference qemu-ga 7.2 from ours by guest-info's version: the
-// reference reports QEMU's version (7.2.x), ours its own build. The power specs need it only
-// where the project chose to do better than the reference, to check each agent's own behaviour.
-func isReferenceAgent(ctx context.Context, guest *vm.VM) bool {
-	GinkgoHelper()
-	var info guestInfo
-	Expect(guest.Agent().Call(ctx, "guest-info", nil, &info)).To(Succeed())
-	ref := strings.HasPrefix(info.Version, "7.2.")
-	fmt.Fprintf(GinkgoWriter, "agent version %q: reference 7.2 = %v\n", info.Version, ref)
-	return ref
 }
 
 // writeToken writes a random token to tokenPath through the console and returns it.

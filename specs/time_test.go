@@ -163,7 +163,7 @@ func describeClock(g *systemGuest) {
 
 			By("restarting the agent from the console, so that it has never converted a time before")
 			clockRestartAgent(ctx, guest)
-			reference := clockAgentIsReference(ctx, guest)
+			reference := isReference()
 
 			before := clockRead(ctx, guest)
 			agent := guest.Agent()
@@ -308,21 +308,6 @@ func clockRestartAgent(ctx context.Context, guest *vm.VM) {
 	_, err = guest.WaitSerialAfter(ctx, mark, "TINY: agent-start")
 	Expect(err).NotTo(HaveOccurred())
 	Expect(guest.Agent().SyncUntil(ctx, 5*time.Second)).To(Succeed())
-}
-
-// clockAgentIsReference tells the reference qemu-ga 7.2 from other agents by the version
-// guest-info reports, where a spec expects the two to differ.
-func clockAgentIsReference(ctx context.Context, guest *vm.VM) bool {
-	GinkgoHelper()
-	var info guestInfo
-	Expect(guest.Agent().Call(ctx, "guest-info", nil, &info)).To(Succeed())
-	ref := strings.HasPrefix(info.Version, "7.2.")
-	if ref {
-		fmt.Fprintf(GinkgoWriter, "agent version %q: expecting the reference 7.2's behaviour\n", info.Version)
-	} else {
-		fmt.Fprintf(GinkgoWriter, "agent version %q: expecting qgakit's behaviour\n", info.Version)
-	}
-	return ref
 }
 
 // clockRawJSON is a JSON value sent as written (numbers that do not fit an int64 or a float64).

@@ -15,7 +15,7 @@ import (
 
 // version is set at build time (-ldflags "-X main.version=..."); -V prints it and guest-info
 // reports it.
-var version = "dev"
+var version = "qgakit-dev"
 
 func main() {
 	os.Exit(run(os.Args, os.Stdout, os.Stderr))
