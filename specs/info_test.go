@@ -1,7 +1,6 @@
 package specs
 
 import (
-	"os/exec"
 	"slices"
 	"time"
 
@@ -48,11 +47,9 @@ var _ = Describe("guest-info", cmdLabel("guest-info"), func() {
 			Expect(c.SuccessResponse).To(Equal(!slices.Contains(noReplyCommands, c.Name)), "success-response of %s", c.Name)
 		}
 
-		By("the version is the one the same binary prints with -V on the host")
-		out, err := exec.CommandContext(ctx, env.Agent, "-V").CombinedOutput()
-		Expect(err).NotTo(HaveOccurred(), "%s -V: %s", env.Agent, out)
+		By("the version is the one the same binary printed with -V on the host when it was injected")
 		Expect(info.Version).NotTo(BeEmpty())
-		Expect(string(out)).To(ContainSubstring("QEMU Guest Agent " + info.Version))
+		Expect(env.Version).To(ContainSubstring("QEMU Guest Agent " + info.Version))
 	}, SpecTimeout(3*time.Minute))
 
 	It("reports and enforces a block list given with -b", cmdLabel("guest-get-time", "guest-ping"), func(ctx SpecContext) {
