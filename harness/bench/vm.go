@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -413,6 +412,3 @@ func roundAll(xs []float64, digits int) []float64 {
 	}
 	return out
 }
-
-// tempDir makes the run's work dir.
-func tempDir() (string, error) { return os.MkdirTemp("", "qgabench-") }
