@@ -22,6 +22,13 @@ const (
 // instead of being copied out of it: a 64 MiB guest-file-write payload then exists once.
 const handOffMin = 4 << 10
 
+// bigToken is the token buffer size from which the buffer grows straight to the largest token
+// the lexer accepts instead of doubling: a doubling from 32 to 64 MiB holds both buffers, the
+// 96 MiB of which made a 64 MiB string cost well over 100 MB of resident memory. Pages of the
+// 64 MiB buffer that the token never reaches are never touched, so a shorter token does not
+// pay for them in resident memory.
+const bigToken = 4 << 20
+
 // keepTokenBuffer is the largest token buffer kept for reuse between tokens, so a huge token
 // does not pin its memory after the message is gone.
 const keepTokenBuffer = 1 << 20
@@ -148,7 +155,11 @@ func (d *Decoder) Reset() {
 // twice rather than the five times append's gentler growth would cost.
 func (d *Decoder) appendToken(b []byte) {
 	if need := len(d.tok) + len(b); need > cap(d.tok) && cap(d.tok) >= 64<<10 {
-		grown := make([]byte, len(d.tok), min(max(2*cap(d.tok), need), MaxTokenSize+1))
+		c := max(2*cap(d.tok), need)
+		if c > bigToken {
+			c = MaxTokenSize + 1
+		}
+		grown := make([]byte, len(d.tok), min(c, MaxTokenSize+1))
 		copy(grown, d.tok)
 		d.tok = grown
 	}
