@@ -20,6 +20,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/qgakit/qgakit/agent/protocol"
@@ -65,8 +66,9 @@ type Dispatcher struct {
 	opts   Options
 	args   checker
 
-	// Names are compared exactly, byte for byte: a list cannot be bypassed with another case,
-	// surrounding blanks or an alias.
+	// A request's command name is compared exactly, byte for byte: a list cannot be bypassed
+	// with another case, surrounding blanks or an alias. The names in the lists are taken
+	// without surrounding blanks and in lower case (see listSet).
 	blocked     map[string]bool
 	allowed     map[string]bool // nil: no allow list
 	frozenAllow map[string]bool
@@ -81,14 +83,27 @@ func New(s *schema.Schema, opts Options) *Dispatcher {
 		schema:      s,
 		opts:        opts,
 		args:        checker{s: s},
-		blocked:     set(opts.Blocked),
+		blocked:     listSet(opts.Blocked),
 		frozenAllow: set(FrozenAllowlist),
 		handlers:    map[string]Handler{},
 	}
 	if len(opts.Allowed) > 0 {
-		d.allowed = set(opts.Allowed)
+		d.allowed = listSet(opts.Allowed)
 	}
 	return d
+}
+
+// listSet is the set of an administrator's list. The reference splits "-b guest-ping,
+// guest-file-open" at the comma only and then blocks " guest-file-open", which names nothing,
+// so guest-file-open runs (its log even says "disabling command:  guest-file-open"). Command
+// names have no blanks and no capitals, so an entry with them can only mean the command
+// without them: blocking it fails closed, and allowing it allows what was meant.
+func listSet(names []string) map[string]bool {
+	m := make(map[string]bool, len(names))
+	for _, n := range names {
+		m[strings.ToLower(strings.TrimSpace(n))] = true
+	}
+	return m
 }
 
 func set(names []string) map[string]bool {
