@@ -13,19 +13,29 @@ type keyFile struct {
 	groups map[string]map[string]string
 }
 
+// glibSpace is what g_ascii_isspace takes for blanks: not the vertical tab, which a key or value
+// keeps.
+const glibSpace = " \t\n\f\r"
+
 func parseKeyFile(data []byte) (*keyFile, error) {
 	kf := &keyFile{groups: map[string]map[string]string{}}
 	var cur map[string]string
 	for _, line := range strings.Split(string(data), "\n") {
 		line = strings.TrimSuffix(line, "\r")
-		trimmed := strings.TrimLeft(line, " \t\n\v\f\r")
+		// GLib reads a line as a C string: after a NUL it sees nothing, but its messages
+		// show the whole line.
+		shown := strings.TrimLeft(line, glibSpace)
+		if i := strings.IndexByte(line, 0); i >= 0 {
+			line = line[:i]
+		}
+		trimmed := strings.TrimLeft(line, glibSpace)
 		switch {
 		case trimmed == "" || trimmed[0] == '#':
 			continue
-		case trimmed[0] == '[':
-			name, ok := groupName(trimmed)
-			if !ok {
-				return nil, fmt.Errorf("Invalid group name: %s", trimmed[1:])
+		case isGroupLine(trimmed):
+			name := trimmed[1:strings.IndexByte(trimmed, ']')]
+			if !isGroupName(name) {
+				return nil, fmt.Errorf("Invalid group name: %s", name)
 			}
 			if kf.groups[name] == nil {
 				kf.groups[name] = map[string]string{}
@@ -34,41 +44,59 @@ func parseKeyFile(data []byte) (*keyFile, error) {
 		default:
 			eq := strings.IndexByte(trimmed, '=')
 			if eq < 0 {
-				return nil, fmt.Errorf("Key file contains line \u201c%s\u201d which is not a key-value pair, group, or comment", trimmed)
+				return nil, fmt.Errorf("Key file contains line \u201c%s\u201d which is not a key-value pair, group, or comment", shown)
 			}
-			key := strings.TrimRight(trimmed[:eq], " \t\n\v\f\r")
+			key := strings.TrimRight(trimmed[:eq], glibSpace)
 			if key == "" {
-				return nil, fmt.Errorf("Key file contains line \u201c%s\u201d which is not a key-value pair, group, or comment", trimmed)
+				return nil, fmt.Errorf("Key file contains line \u201c%s\u201d which is not a key-value pair, group, or comment", shown)
 			}
 			if cur == nil {
 				return nil, fmt.Errorf("Key file does not start with a group")
+			}
+			if !isKeyName(key) {
+				return nil, fmt.Errorf("Invalid key name: %s", key)
 			}
 			// "key[locale]" entries are translations; qemu-ga never asks for them.
 			if strings.HasSuffix(key, "]") && strings.Contains(key, "[") {
 				continue
 			}
-			cur[key] = strings.TrimLeft(trimmed[eq+1:], " \t\n\v\f\r")
+			cur[key] = strings.TrimLeft(trimmed[eq+1:], glibSpace)
 		}
 	}
 	return kf, nil
 }
 
-// groupName accepts "[name]" followed by optional whitespace, as GLib does.
-func groupName(s string) (string, bool) {
+// isGroupLine is g_key_file_line_is_group: "[", anything up to the first "]", then nothing
+// but spaces and tabs. Any other line that starts with "[" is read as a key-value pair.
+func isGroupLine(s string) bool {
 	end := strings.IndexByte(s, ']')
-	if end < 0 || strings.TrimRight(s[end+1:], " \t\n\v\f\r") != "" {
-		return "", false
+	return s[0] == '[' && end > 0 && strings.TrimRight(s[end+1:], " \t") == ""
+}
+
+// isGroupName is g_key_file_is_group_name: not empty, without brackets or control characters.
+func isGroupName(name string) bool {
+	if name == "" {
+		return false
 	}
-	name := s[1:end]
-	if name == "" || strings.ContainsAny(name, "[]") {
-		return "", false
-	}
-	for _, r := range name {
-		if r < 0x20 || r == 0x7f {
-			return "", false
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c == '[' || c == ']' || c < 0x20 || c == 0x7f {
+			return false
 		}
 	}
-	return name, true
+	return true
+}
+
+// isKeyName is g_key_file_is_key_name: no brackets except one trailing "[locale]".
+func isKeyName(key string) bool {
+	i := strings.IndexAny(key, "[]")
+	if i < 0 {
+		return true
+	}
+	if key[i] == ']' {
+		return false
+	}
+	end := strings.IndexByte(key[i:], ']')
+	return end > 0 && i+end == len(key)-1
 }
 
 func (kf *keyFile) has(group, key string) bool {
@@ -91,7 +119,7 @@ func (kf *keyFile) str(group, key string) (string, error) {
 
 // boolean is g_key_file_get_boolean: "true"/"1" or "false"/"0", trailing whitespace allowed.
 func (kf *keyFile) boolean(group, key string) (bool, error) {
-	switch strings.TrimRight(kf.groups[group][key], " \t\n\v\f\r") {
+	switch strings.TrimRight(kf.groups[group][key], glibSpace) {
 	case "true", "1":
 		return true, nil
 	case "false", "0":
