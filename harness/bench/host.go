@@ -101,14 +101,11 @@ func HostBench(ctx context.Context, bin string, o AgentOptions) (*AgentResult, e
 	}
 	defer os.RemoveAll(dir)
 	res := &AgentResult{Binary: bin}
-	data := make([]byte, BenchFileSize)
-	_, _ = rand.Read(data)
 	file := filepath.Join(dir, "data.bin")
-	if err := os.WriteFile(file, data, 0o600); err != nil {
+	sum, err := writeRandomFile(file, BenchFileSize)
+	if err != nil {
 		return nil, err
 	}
-	sum := sha256.Sum256(data)
-	data = nil
 
 	var syncs []float64
 	var a *hostAgent
@@ -164,6 +161,16 @@ func HostBench(ctx context.Context, bin string, o AgentOptions) (*AgentResult, e
 	}
 	res.RSSKB, res.HWMKB = &rss, &hwm
 	return res, nil
+}
+
+// writeRandomFile fills a new file with size random bytes and returns their sha256.
+func writeRandomFile(path string, size int) ([32]byte, error) {
+	data := make([]byte, size)
+	_, _ = rand.Read(data)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		return [32]byte{}, err
+	}
+	return sha256.Sum256(data), nil
 }
 
 // procMemory reads VmRSS and VmHWM (kB) of a host process.

@@ -35,7 +35,9 @@ func TestReportShape(t *testing.T) {
 		t.Errorf("a skipped suite is %s, want null", top["suite_s"])
 	}
 	var ours map[string]json.RawMessage
-	json.Unmarshal(top["ours"], &ours)
+	if err := json.Unmarshal(top["ours"], &ours); err != nil {
+		t.Fatal(err)
+	}
 	for _, k := range []string{"ping_median_ms", "ping_p90_ms", "file_read_mbps", "rss_kb", "first_sync_ms"} {
 		if _, ok := ours[k]; !ok {
 			t.Errorf("ours lacks %q", k)
@@ -43,7 +45,9 @@ func TestReportShape(t *testing.T) {
 	}
 	want := map[string]float64{"restore_vs_cold_boot": 0.08, "ping_median": 0.5, "ping_p90": 1, "file_read": 3, "rss": 0.5, "first_sync": 2}
 	var ratios map[string]float64
-	json.Unmarshal(top["ratios"], &ratios)
+	if err := json.Unmarshal(top["ratios"], &ratios); err != nil {
+		t.Fatal(err)
+	}
 	for k, v := range want {
 		if ratios[k] != v {
 			t.Errorf("ratio %s = %v, want %v", k, ratios[k], v)

@@ -181,13 +181,22 @@ func (b *VMBench) CompareAgents(ctx context.Context, ours, ref *vm.Template, o A
 		{name: "ours", binary: b.cfg.Ours, res: &AgentResult{Binary: b.cfg.Ours}},
 		{name: "reference", binary: b.cfg.Reference, res: &AgentResult{Binary: b.cfg.Reference}},
 	}
+	defer func() {
+		for _, g := range agents {
+			if g.c != nil {
+				g.c.Close()
+			}
+			if g.v != nil {
+				g.v.Close()
+			}
+		}
+	}()
 	for i, tpl := range []*vm.Template{ours, ref} {
 		g := agents[i]
 		v, err := tpl.Restore(ctx, vm.RestoreAgent(), vm.RestoreName("bench-"+g.name))
 		if err != nil {
 			return nil, nil, err
 		}
-		defer v.Close()
 		g.v = v
 		// Our own connection, whose reads are timed: QEMU's chardev accepts a new client once
 		// the harness's has gone, and the first call resynchronises.
@@ -195,7 +204,6 @@ func (b *VMBench) CompareAgents(ctx context.Context, ours, ref *vm.Template, o A
 		if g.c, err = DialAgent(ctx, v.AgentSocket()); err != nil {
 			return nil, nil, fmt.Errorf("%s: %w", g.name, err)
 		}
-		defer g.c.Close()
 		var info struct {
 			Version string `json:"version"`
 		}

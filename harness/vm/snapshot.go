@@ -201,7 +201,7 @@ func lockDir(ctx context.Context, dir string) (func(), error) {
 	case <-ctx.Done():
 		// Closing the file does not end a blocked flock: it ends when the holder lets go, and
 		// then the lock dies with this file.
-		go func() { <-locked; f.Close() }()
+		go func() { _ = <-locked; _ = f.Close() }()
 		return nil, fmt.Errorf("wait for the lock on %s: %w", dir, context.Cause(ctx))
 	}
 }
