@@ -563,6 +563,9 @@ func buildCloud(ctx context.Context, in cloudInputs, key, out string, progress i
 		if err := runMmdebstrap(ctx, in, out, rootfs, progress); err != nil {
 			return "", err
 		}
+		if err := os.RemoveAll(filepath.Join(out, "recipe")); err != nil {
+			return "", fmt.Errorf("remove the recipe copy: %w", err)
+		}
 		var err error
 		if kver, err = kernelRelease(rootfs); err != nil {
 			return "", err

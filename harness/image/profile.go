@@ -23,6 +23,9 @@ package image
 //	if g.MemoryMiB > 0 {
 //		opts = append(opts, vm.WithMemory(g.MemoryMiB))
 //	}
+//	if g.CPU != "" {
+//		opts = append(opts, vm.WithCPU(g.CPU))
+//	}
 //	opts = append(opts, specDisks...) // the spec's data disks first: they are vda, vdb, ...
 //	for _, d := range g.Disks {       // then the profile's own (root, seed), found by label
 //		opts = append(opts, vm.WithDisk(vm.Disk{Path: d.Path, Format: d.Format, Overlay: d.Overlay,
@@ -260,6 +263,9 @@ type Guest struct {
 	Ready string
 	// MemoryMiB is the memory the profile wants; 0 when the harness's default does.
 	MemoryMiB int
+	// CPU is the QEMU CPU model (vm.WithCPU) the profile boots best with; empty when the
+	// harness's default does.
+	CPU string
 	// BootTimeout is how long a boot up to Ready may take on a loaded TCG host.
 	BootTimeout time.Duration
 }
@@ -330,6 +336,8 @@ func (p *Prepared) Guest(ctx context.Context, o GuestOptions) (*Guest, error) {
 	// systemd, udev and cloud-init's Python under TCG: half a minute on a quiet host, several
 	// on a loaded one.
 	g.BootTimeout = 6 * time.Minute
+	// Measured: a systemd guest boots about 5 s faster under TCG with qemu64 than with max.
+	g.CPU = "qemu64"
 	return g, nil
 }
 
