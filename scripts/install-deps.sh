@@ -8,8 +8,7 @@
 #         harness's own tests drive without booting a guest
 #   e2e   what `make e2e` needs: the above, and the tools that build the tiny image and its disks
 #   cloud what IMAGE=debian-cloud and IMAGE=url:/file: need on top of e2e: mmdebstrap builds the
-#         image from the host's apt sources, and the NoCloud seed is a vfat volume (mtools,
-#         dosfstools) or an ISO (xorriso)
+#         image from the host's apt sources, and xorriso writes the NoCloud seed (an ISO)
 #   lint  what `make lint` needs besides its Go tools: shellcheck, which actionlint runs on the
 #         workflows' run: scripts (without it, actionlint skips them silently)
 set -euo pipefail
@@ -17,7 +16,7 @@ set -euo pipefail
 tier=${1:-all}
 test_pkgs=(qemu-guest-agent qemu-system-x86 qemu-utils)
 e2e_pkgs=(busybox-static e2fsprogs xfsprogs cpio zstd kmod)
-cloud_pkgs=(mmdebstrap mtools dosfstools xorriso)
+cloud_pkgs=(mmdebstrap xorriso)
 lint_pkgs=(shellcheck)
 
 case $tier in
