@@ -60,8 +60,9 @@ func TestSnapshotTinyRestore(t *testing.T) {
 		if _, err := v.WaitSerial(ctx, "TINY: late-modules-loaded"); err != nil {
 			return err
 		}
-		// In RAM (tmpfs) and on the disk: both must travel to every clone.
-		_, err := v.Console().RunOK(ctx, "echo "+token+" > /run/token && echo "+token+" > /dev/vda && sync")
+		// In RAM (tmpfs) and on the disk: both must travel to every clone. The clock goes years
+		// off (the RTC stays), so that only a restore that steps it gets it right.
+		_, err := v.Console().RunOK(ctx, "echo "+token+" > /run/token && echo "+token+" > /dev/vda && sync && date -u -s @1000000000")
 		return err
 	})
 	if err != nil {
@@ -123,5 +124,51 @@ func TestSnapshotTinyRestore(t *testing.T) {
 	}
 	if out, err := clones[1].Console().RunOK(ctx, "cat /run/token; head -c 16 /dev/vda"); err != nil || out != token+"\n"+token {
 		t.Errorf("clone 1 sees clone 0's writes: %q, %v", out, err)
+	}
+}
+
+// With -rtc base=<date>, a cold-booted guest's clock starts at the RTC's date, not the host's:
+// a restore must step the clock there too.
+func TestSnapshotClockFollowsRTCBase(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	tiny, err := image.BuildTiny(ctx, testWriter{t})
+	if err != nil {
+		t.Fatalf("build the tiny image: %v", err)
+	}
+	initrd := filepath.Join(t.TempDir(), "initrd.zst")
+	if err := tiny.InjectAgent(ctx, "/usr/sbin/qemu-ga", initrd); err != nil {
+		t.Fatal(err)
+	}
+	base := time.Date(2047, 6, 15, 10, 0, 0, 0, time.UTC)
+	tpl := NewTemplate(filepath.Join(t.TempDir(), "tpl"),
+		WithLog(testWriter{t}), WithTempRoot(t.TempDir()), WithMemory(256),
+		WithKernel(tiny.Kernel, initrd, tiny.Cmdline(image.TinyOptions{})),
+		WithRTCBase(base.Format("2006-01-02T15:04:05")),
+	)
+	started := time.Now()
+	if err := tpl.Save(ctx, func(ctx context.Context, v *VM) error {
+		if _, err := v.WaitSerial(ctx, "TINY: READY"); err != nil {
+			return err
+		}
+		// Years off the RTC, so that only a restore that steps the clock gets it right.
+		_, err := v.Console().RunOK(ctx, "date -u -s @1000000000")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	v := tpl.RestoreT(t, ctx)
+	out, err := v.Console().RunOK(ctx, "date +%s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	secs, err := strconv.ParseInt(strings.TrimSpace(out), 10, 64)
+	if err != nil {
+		t.Fatalf("date said %q", out)
+	}
+	// The RTC has run since the template's QEMU started (it follows the host's clock).
+	lo, hi := base.Unix()-1, base.Add(time.Since(started)).Unix()+2
+	if secs < lo || secs > hi {
+		t.Errorf("guest clock %v, want within [%v, %v]", time.Unix(secs, 0).UTC(), time.Unix(lo, 0).UTC(), time.Unix(hi, 0).UTC())
 	}
 }
