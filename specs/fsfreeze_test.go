@@ -310,8 +310,10 @@ func killAgentAndWaitRestart(ctx context.Context, guest *vm.VM) {
 
 // blockedWrite is a console write to a filesystem that is expected to be frozen. The console
 // command writes in a background child and watches it in /proc until the child either sleeps
-// on the superblock's freeze lock (wchan percpu_rwsem_wait: sb_start_write waits there while
-// the filesystem is frozen; nothing else in creating a file does) or has finished; it reports which on ttyS0,
+// on the superblock's freeze lock (state D with wchan percpu_rwsem_wait: sb_start_write waits
+// there while the filesystem is frozen; nothing else in creating a file does) or has finished
+// (a zombie). State and wchan are two reads, so one loop may see the child still running with
+// its wchan already set: only both together count. It reports which on ttyS0,
 // the guest's log, which the harness reads while the console itself waits for the child. So
 // "blocked" is what the guest's kernel says, not a guess from how long the write took.
 type blockedWrite struct {
@@ -327,7 +329,8 @@ func startBlockedWrite(ctx context.Context, guest *vm.VM, path string) *blockedW
 		w=$!
 		while :; do
 			st=$(cut -d' ' -f3 /proc/$w/stat) wc=$(cat /proc/$w/wchan)
-			[ "$st" = Z ] || [ "$wc" = percpu_rwsem_wait ] && break
+			[ "$st" = Z ] && break
+			[ "$st" = D ] && [ "$wc" = percpu_rwsem_wait ] && break
 		done
 		echo "%s state=$st wchan=$wc." > /dev/ttyS0
 		wait $w`, path, tag))
