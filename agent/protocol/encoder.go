@@ -1,7 +1,9 @@
 package protocol
 
 import (
+	"encoding/base64"
 	"fmt"
+	"io"
 	"math"
 	"reflect"
 	"slices"
@@ -15,9 +17,114 @@ import (
 // doubles as "%.17g", and object members in QDict order (see qdict.go), so that replies are
 // byte-identical to the reference's.
 
+// Base64 is a byte string that goes on the wire as the JSON string of its standard, padded
+// base64 encoding, as guest-file-read's buf-b64 does. It exists so that a 48 MiB read never
+// needs its 64 MiB encoding in memory: WriteResponse encodes it piece by piece straight into
+// the writer, and AppendValue appends the same text in one go.
+type Base64 []byte
+
+// MarshalJSON encodes b as AppendValue does; a nil Base64 is "", never null.
+func (b Base64) MarshalJSON() ([]byte, error) {
+	return AppendValue(nil, b), nil
+}
+
 // AppendResponse appends one framed reply to dst: the optional 0xFF sentinel, the compact
 // JSON object and "\n".
 func AppendResponse(dst []byte, r *Response) []byte {
+	return appendResponse(dst, r, nil)
+}
+
+// streamChunk is the size of the pieces WriteResponse hands to its writer while it encodes a
+// Base64 value: large enough that a 64 MiB reply costs a few hundred writes, small enough
+// that the reply never costs memory in proportion to its size.
+const streamChunk = 128 << 10
+
+// chunkSlack is room beyond a full piece for what follows the value (the rest of the reply),
+// so that appending it does not reallocate the buffer.
+const chunkSlack = 4 << 10
+
+// scratch holds the buffers WriteResponse encodes into, between replies.
+var scratch = sync.Pool{New: func() any { return new([]byte) }}
+
+// WriteResponse writes one framed reply to w: exactly the bytes AppendResponse would append,
+// but Base64 values are encoded in pieces of at most streamChunk bytes that go to w as they
+// are made, so the memory it needs does not grow with them. A reply without a Base64 value is
+// written with one call to w. It returns the number of bytes w accepted and the first error
+// of w, after which nothing more is written.
+func WriteResponse(w io.Writer, r *Response) (int64, error) {
+	p := scratch.Get().(*[]byte)
+	s := &sink{w: w}
+	buf := s.flush(appendResponse((*p)[:0], r, s))
+	// A reply with a large value other than Base64 grew the buffer; it is not kept.
+	if cap(buf) <= 2*streamChunk {
+		*p = buf
+		scratch.Put(p)
+	}
+	return s.n, s.err
+}
+
+// ResponseSize is the length of the reply AppendResponse would make, worked out without
+// encoding any Base64 value (the debug log reports a reply's size before it is sent).
+func ResponseSize(r *Response) int64 {
+	s := &sink{w: io.Discard, measure: true}
+	s.flush(appendResponse(nil, r, s))
+	return s.n
+}
+
+// sink is where a streamed reply goes; a nil *sink means the whole reply is appended to the
+// buffer.
+type sink struct {
+	w   io.Writer
+	n   int64 // bytes written, or counted when measuring
+	err error
+	// measure counts the encoded size of Base64 values instead of encoding them.
+	measure bool
+}
+
+// flush writes dst and returns it emptied for reuse.
+func (s *sink) flush(dst []byte) []byte {
+	if s.err == nil && len(dst) > 0 {
+		n, err := s.w.Write(dst)
+		s.n += int64(n)
+		if err == nil && n < len(dst) {
+			err = io.ErrShortWrite
+		}
+		s.err = err
+	}
+	return dst[:0]
+}
+
+// appendBase64 appends b as a JSON string of its base64 encoding, or with a sink, streams it:
+// the buffer is filled with whole base64 quanta and flushed until b is used up.
+func appendBase64(dst, b []byte, s *sink) []byte {
+	enc := base64.StdEncoding
+	if s == nil {
+		dst = slices.Grow(dst, enc.EncodedLen(len(b))+2)
+		dst = append(dst, '"')
+		return append(enc.AppendEncode(dst, b), '"')
+	}
+	dst = append(dst, '"')
+	if s.measure {
+		s.n += int64(enc.EncodedLen(len(b)))
+		return append(dst, '"')
+	}
+	for len(b) > 0 && s.err == nil {
+		room := (streamChunk - len(dst)) / 4 * 3
+		if room < streamChunk/4 {
+			dst = s.flush(dst)
+			if cap(dst) < streamChunk+chunkSlack {
+				dst = make([]byte, 0, streamChunk+chunkSlack)
+			}
+			room = streamChunk / 4 * 3
+		}
+		k := min(room, len(b))
+		dst = enc.AppendEncode(dst, b[:k])
+		b = b[k:]
+	}
+	return append(dst, '"')
+}
+
+func appendResponse(dst []byte, r *Response, s *sink) []byte {
 	if r.Delimited {
 		dst = append(dst, 0xFF)
 	}
@@ -25,7 +132,7 @@ func AppendResponse(dst []byte, r *Response) []byte {
 	idFirst := r.HasID && (r.Err == nil && idBeforeReturn || r.Err != nil && idBeforeError)
 	if idFirst {
 		dst = append(dst, `"id": `...)
-		dst = AppendValue(dst, r.ID)
+		dst = appendValue(dst, r.ID, s)
 		dst = append(dst, ", "...)
 	}
 	if r.Err != nil {
@@ -48,12 +155,12 @@ func AppendResponse(dst []byte, r *Response) []byte {
 		if r.Return == nil {
 			dst = append(dst, "{}"...)
 		} else {
-			dst = AppendValue(dst, r.Return)
+			dst = appendValue(dst, r.Return, s)
 		}
 	}
 	if r.HasID && !idFirst {
 		dst = append(dst, `, "id": `...)
-		dst = AppendValue(dst, r.ID)
+		dst = appendValue(dst, r.ID, s)
 	}
 	return append(dst, "}\n"...)
 }
@@ -83,8 +190,12 @@ var errorKeys = func() []string {
 // fields, `json:"name"`, `json:",omitempty"`, `json:"-"`, and embedded structs without a name
 // are flattened. Object members come in the reference's QDict order, not in field or key
 // order. Other types (channels, functions, complex numbers, maps with other keys) panic: they
-// are programming errors.
+// are programming errors. A Base64 value is the JSON string of its base64 encoding.
 func AppendValue(dst []byte, v any) []byte {
+	return appendValue(dst, v, nil)
+}
+
+func appendValue(dst []byte, v any, s *sink) []byte {
 	switch v := v.(type) {
 	case nil:
 		return append(dst, "null"...)
@@ -117,7 +228,7 @@ func AppendValue(dst []byte, v any) []byte {
 			}
 			dst = appendString(dst, k)
 			dst = append(dst, ": "...)
-			dst = AppendValue(dst, v[k])
+			dst = appendValue(dst, v[k], s)
 		}
 		return append(dst, '}')
 	case []any:
@@ -126,9 +237,11 @@ func AppendValue(dst []byte, v any) []byte {
 			if i > 0 {
 				dst = append(dst, ", "...)
 			}
-			dst = AppendValue(dst, e)
+			dst = appendValue(dst, e, s)
 		}
 		return append(dst, ']')
+	case Base64:
+		return appendBase64(dst, v, s)
 	case []string:
 		dst = append(dst, '[')
 		for i, e := range v {
@@ -139,10 +252,13 @@ func AppendValue(dst []byte, v any) []byte {
 		}
 		return append(dst, ']')
 	}
-	return appendReflect(dst, reflect.ValueOf(v))
+	return appendReflect(dst, reflect.ValueOf(v), s)
 }
 
-func appendReflect(dst []byte, rv reflect.Value) []byte {
+// base64Type is the type of Base64, which reflection would otherwise see as a list of numbers.
+var base64Type = reflect.TypeFor[Base64]()
+
+func appendReflect(dst []byte, rv reflect.Value, s *sink) []byte {
 	switch rv.Kind() {
 	case reflect.Invalid:
 		return append(dst, "null"...)
@@ -150,7 +266,7 @@ func appendReflect(dst []byte, rv reflect.Value) []byte {
 		if rv.IsNil() {
 			return append(dst, "null"...)
 		}
-		return appendReflect(dst, rv.Elem())
+		return appendReflect(dst, rv.Elem(), s)
 	case reflect.Bool:
 		return strconv.AppendBool(dst, rv.Bool())
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
@@ -162,12 +278,15 @@ func appendReflect(dst []byte, rv reflect.Value) []byte {
 	case reflect.String:
 		return appendString(dst, rv.String())
 	case reflect.Slice, reflect.Array:
+		if rv.Type() == base64Type {
+			return appendBase64(dst, rv.Bytes(), s)
+		}
 		dst = append(dst, '[')
 		for i := 0; i < rv.Len(); i++ {
 			if i > 0 {
 				dst = append(dst, ", "...)
 			}
-			dst = appendReflect(dst, rv.Index(i))
+			dst = appendReflect(dst, rv.Index(i), s)
 		}
 		return append(dst, ']')
 	case reflect.Map:
@@ -187,7 +306,7 @@ func appendReflect(dst []byte, rv reflect.Value) []byte {
 			}
 			dst = appendString(dst, k)
 			dst = append(dst, ": "...)
-			dst = appendReflect(dst, rv.MapIndex(reflect.ValueOf(k).Convert(kt)))
+			dst = appendReflect(dst, rv.MapIndex(reflect.ValueOf(k).Convert(kt)), s)
 		}
 		return append(dst, '}')
 	case reflect.Struct:
@@ -203,7 +322,7 @@ func appendReflect(dst []byte, rv reflect.Value) []byte {
 			}
 			first = false
 			dst = append(dst, f.prefix...)
-			dst = appendReflect(dst, fv)
+			dst = appendReflect(dst, fv, s)
 		}
 		return append(dst, '}')
 	}
