@@ -1,40 +1,7 @@
 package image
 
 // Profiles: one interface to every image the suite can run on, so that specs need not know
-// which one it is.
-//
-//	IMAGE=tiny (default)    the busybox initramfs (tiny.go), agent appended as a cpio archive
-//	IMAGE=debian-cloud      the mmdebstrap-built Debian system (cloud.go), NoCloud seed
-//	IMAGE=url:<URL>         a downloaded cloud image (download.go, IMAGE_SHA256 required,
-//	                        OFFLINE=1 for the cache only), NoCloud seed
-//	IMAGE=file:<path>       a local qcow2 or raw cloud image, NoCloud seed
-//
-// This package does not import harness/vm (harness/vm's tests import it); a Guest is plain
-// data that maps one to one onto vm options:
-//
-//	p, err := image.Prepare(ctx, image.Config{Image: os.Getenv("IMAGE"), ImageSHA256: os.Getenv("IMAGE_SHA256"),
-//		Offline: os.Getenv("OFFLINE") == "1", Agent: agent, Dir: suiteTmp, Progress: GinkgoWriter})
-//	// p is JSON: SynchronizedBeforeSuite hands it to every process.
-//	g, err := p.Guest(ctx, image.GuestOptions{Mounts: []string{"vda"}, AgentArgs: args})
-//	var opts []vm.Option
-//	if g.Kernel != "" {
-//		opts = append(opts, vm.WithKernel(g.Kernel, g.Initrd, g.Cmdline))
-//	}
-//	if g.MemoryMiB > 0 {
-//		opts = append(opts, vm.WithMemory(g.MemoryMiB))
-//	}
-//	if g.CPU != "" {
-//		opts = append(opts, vm.WithCPU(g.CPU))
-//	}
-//	opts = append(opts, specDisks...) // the spec's data disks first: they are vda, vdb, ...
-//	for _, d := range g.Disks {       // then the profile's own (root, seed), found by label
-//		opts = append(opts, vm.WithDisk(vm.Disk{Path: d.Path, Format: d.Format, Overlay: d.Overlay,
-//			ReadOnly: d.ReadOnly, Boot: d.Boot, Node: d.Node}))
-//	}
-//	v := vm.StartT(GinkgoT(), ctx, opts...)
-//	_, err = v.WaitSerial(ctx, g.Ready)            // p.Marker(image.EventReady)
-//	_, err = v.AttachAgent(ctx)
-//	// an agent restart shows as p.Marker(image.EventAgentStart) on ttyS0 (v.WaitSerialAfter)
+// which one it is (see Prepared).
 
 import (
 	"context"
@@ -108,6 +75,44 @@ func ConfigFromEnv() Config {
 
 // Prepared is an image made ready to boot with one agent. It is plain data that survives a
 // JSON round trip, so one process can prepare it and others use it.
+//
+//	IMAGE=tiny (default)    the busybox initramfs (BuildTiny), the agent appended as a cpio archive
+//	IMAGE=debian-cloud      the mmdebstrap-built Debian system (BuildDebianCloud), a NoCloud seed
+//	IMAGE=url:<URL>         a downloaded cloud image (FetchImage: IMAGE_SHA256 required,
+//	                        OFFLINE=1 for the cache only), a NoCloud seed
+//	IMAGE=file:<path>       a local qcow2 or raw cloud image, a NoCloud seed
+//
+// This package does not import harness/vm (harness/vm's tests import it): a Guest is plain data
+// that maps one to one onto vm options. A suite uses it like this:
+//
+//	p, err := image.Prepare(ctx, image.Config{Image: os.Getenv("IMAGE"), ImageSHA256: os.Getenv("IMAGE_SHA256"),
+//		Offline: os.Getenv("OFFLINE") == "1", Agent: agent, Dir: suiteTmp, Progress: GinkgoWriter})
+//	// p is JSON: SynchronizedBeforeSuite hands it to every process.
+//	g, err := p.Guest(ctx, image.GuestOptions{Mounts: []string{"vda"}, AgentArgs: args})
+//	var opts []vm.Option
+//	if g.Kernel != "" {
+//		opts = append(opts, vm.WithKernel(g.Kernel, g.Initrd, g.Cmdline))
+//	}
+//	if g.MemoryMiB > 0 {
+//		opts = append(opts, vm.WithMemory(g.MemoryMiB))
+//	}
+//	if g.CPU != "" {
+//		opts = append(opts, vm.WithCPU(g.CPU))
+//	}
+//	opts = append(opts, specDisks...) // the spec's data disks first: they are vda, vdb, ...
+//	for _, d := range g.Disks {       // then the profile's own (root, seed), found by label
+//		opts = append(opts, vm.WithDisk(vm.Disk{Path: d.Path, Format: d.Format, Overlay: d.Overlay,
+//			ReadOnly: d.ReadOnly, Boot: d.Boot, Node: d.Node}))
+//	}
+//	v := vm.StartT(GinkgoT(), ctx, opts...)
+//	_, err = v.WaitSerial(ctx, g.Ready) // = p.Marker(image.EventReady)
+//	_, err = v.AttachAgent(ctx)
+//	// A restart of the agent shows as p.Marker(image.EventAgentStart) on ttyS0
+//	// (v.WaitSerialAfter); the agent's path in the guest is p.AgentPath().
+//
+// A cloud guest takes from half a minute (quiet host) to minutes (loaded host) to boot: boot it
+// once into a vm.Template (ready: WaitSerial(g.Ready), then Console().WaitReady) and restore
+// it per spec, which takes about two seconds.
 type Prepared struct {
 	// Profile is ProfileTiny, ProfileDebianCloud, ProfileURL or ProfileFile.
 	Profile string `json:"profile"`
