@@ -141,6 +141,7 @@ type Input struct {
 func Build(commands []string, inputs []Input, outDir string) *Matrix {
 	m := &Matrix{Generated: time.Now()}
 	specIdx := map[string]int{}
+	ranSpecs := make([]bool, len(inputs)) // the run's report holds specs at all
 	for ri, in := range inputs {
 		run := in.Run
 		run.Link = run.Slug
@@ -178,12 +179,21 @@ func Build(commands []string, inputs []Input, outDir string) *Matrix {
 				}
 			}
 		}
+		seen := map[string]bool{}
 		for _, r := range reports {
 			for _, s := range r.SpecReports {
 				if s.LeafNodeType != types.NodeTypeIt {
 					continue
 				}
-				key := s.FullText() + "\x00" + location(s.LeafNodeLocation)
+				// Specs are matched across runs by their text, not their line: the tree may
+				// change between two runs of a long matrix. Two specs of one run with the same
+				// text are told apart by their location.
+				key := s.FullText()
+				if seen[key] {
+					key += "\x00" + location(s.LeafNodeLocation)
+				}
+				seen[key] = true
+				ranSpecs[ri] = true
 				i, ok := specIdx[key]
 				if !ok {
 					i = len(m.Specs)
@@ -201,16 +211,20 @@ func Build(commands []string, inputs []Input, outDir string) *Matrix {
 		}
 		m.Runs = append(m.Runs, run)
 	}
-	// A spec one run lacks did not run there: the run broke before its specs (a compile
-	// error), or it ran a different tree.
+	// A spec one run lacks: the run broke before its specs (a compile error), which is a
+	// failure, or it ran a different tree (the specs changed between the runs), which says
+	// nothing about the agent.
 	for i := range m.Specs {
 		for ri := range m.Specs[i].Results {
-			if m.Specs[i].Results[ri].State == "" {
-				msg := "this run's report has no such spec"
-				if len(m.Runs[ri].Problems) > 0 {
-					msg = "the run broke before its specs ran (see its failures outside the specs)"
-				}
-				m.Specs[i].Results[ri] = Result{State: NotRun, Message: msg}
+			if m.Specs[i].Results[ri].State != "" {
+				continue
+			}
+			if ranSpecs[ri] {
+				m.Specs[i].Results[ri] = Result{State: Skip,
+					Message: "not in this run's suite: the specs changed between the runs"}
+			} else {
+				m.Specs[i].Results[ri] = Result{State: NotRun,
+					Message: "the run broke before its specs ran (see its failures outside the specs)"}
 			}
 		}
 	}

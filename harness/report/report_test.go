@@ -332,3 +332,39 @@ func TestSlug(t *testing.T) {
 		}
 	}
 }
+
+// The specs may change between two runs of a long matrix: a spec that moved is the same spec,
+// and one that exists in one run only is not a failure of the other agent.
+func TestSpecsChangedBetweenRuns(t *testing.T) {
+	out := t.TempDir()
+	aDir, bDir := filepath.Join(out, "a"), filepath.Join(out, "b")
+	a := writeReport(t, aDir, suiteReport(
+		it("guest-ping", "answers", 10, types.SpecStatePassed, "cmd:guest-ping"),
+		it("guest-ping", "old spec", 20, types.SpecStatePassed, "cmd:guest-ping"),
+	))
+	b := writeReport(t, bDir, suiteReport(
+		it("guest-ping", "answers", 14, types.SpecStatePassed, "cmd:guest-ping"), // moved 4 lines down
+		it("guest-ping", "new spec", 30, types.SpecStatePassed, "cmd:guest-ping"),
+	))
+	m := Build(commands, []Input{
+		{Run: Run{Agent: "a", Slug: "a", Dir: aDir}, ReportFile: a},
+		{Run: Run{Agent: "b", Slug: "b", Dir: bDir}, ReportFile: b},
+	}, out)
+	if len(m.Specs) != 3 {
+		t.Fatalf("%d specs, want 3 (the moved one once): %+v", len(m.Specs), m.Specs)
+	}
+	for _, s := range m.Specs {
+		if s.Name == "guest-ping answers" && (s.Results[0].State != Pass || s.Results[1].State != Pass) {
+			t.Errorf("the moved spec: %+v", s.Results)
+		}
+		if s.Name == "guest-ping new spec" && (s.Results[0].State != Skip || !strings.Contains(s.Results[0].Message, "changed between the runs")) {
+			t.Errorf("a spec the first run did not have: %+v", s.Results[0])
+		}
+	}
+	if m.Failed() {
+		t.Error("a changed spec tree failed the matrix")
+	}
+	if c := cellOf(t, m, "guest-ping", 0); c.State != Pass || c.Counts[Pass] != 2 || c.Counts[Skip] != 1 {
+		t.Errorf("guest-ping for a: %+v", c)
+	}
+}
