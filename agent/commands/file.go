@@ -2,11 +2,10 @@ package commands
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -85,9 +84,9 @@ type fileTable struct {
 
 // The replies of the schema's GuestFileRead, GuestFileWrite and GuestFileSeek.
 type fileRead struct {
-	Count  int64  `json:"count"`
-	BufB64 string `json:"buf-b64"`
-	EOF    bool   `json:"eof"`
+	Count  int64           `json:"count"`
+	BufB64 protocol.Base64 `json:"buf-b64"`
+	EOF    bool            `json:"eof"`
 }
 
 type fileWrite struct {
@@ -236,9 +235,9 @@ func (ft *fileTable) close(h int64) error {
 	return nil
 }
 
-// readBufs recycles read buffers between calls, so that a host streaming a file in 48 MiB
-// pieces does not make the agent allocate 48 MiB per call.
-var readBufs sync.Pool
+// smallRead is the largest count that gets its buffer at once; a larger read starts from what
+// the file can give (readHint) and grows while it fills.
+const smallRead = 64 << 10
 
 func (ft *fileTable) read(h, count int64, hasCount bool) (any, error) {
 	f, err := ft.get(h)
@@ -255,16 +254,22 @@ func (ft *fileTable) read(h, count int64, hasCount bool) (any, error) {
 		f.state = rwNew // the reference flushes here; nothing is buffered
 	}
 
-	var buf []byte
-	if p, _ := readBufs.Get().(*[]byte); p != nil && int64(cap(*p)) >= count {
-		buf = (*p)[:count]
-	} else {
-		buf = make([]byte, count)
+	// The buffer is the reply's: it goes out base64-encoded as the server writes the reply,
+	// and is garbage once it is sent. It is sized to what the file holds, so that a 48 MiB
+	// count on a small file costs a small buffer, and is not pooled, so that a host copying a
+	// file out in 48 MiB pieces does not leave the agent holding 48 MiB for good.
+	size := count
+	if count > smallRead {
+		size = min(count, readHint(f.fd))
 	}
-	defer func() { readBufs.Put(&buf) }()
-
+	buf := make([]byte, size)
 	n, eof := 0, false
 	for int64(n) < count {
+		if n == len(buf) {
+			// The file held more than it said (it grew, or it is a pipe or a /proc file).
+			grown := min(count, max(2*int64(n), smallRead))
+			buf = slices.Grow(buf, int(grown)-n)[:grown]
+		}
 		r, err := unix.Read(f.fd, buf[n:])
 		if err == unix.EINTR {
 			continue
@@ -282,18 +287,22 @@ func (ft *fileTable) read(h, count int64, hasCount bool) (any, error) {
 		n += r
 	}
 	f.state = rwReading
-	return fileRead{Count: int64(n), BufB64: encodeBase64(buf[:n]), EOF: eof}, nil
+	return fileRead{Count: int64(n), BufB64: buf[:n], EOF: eof}, nil
 }
 
-// encodeBase64 encodes into one buffer of the final size and hands it over as a string
-// without a copy: the buffer is never written again.
-func encodeBase64(b []byte) string {
-	if len(b) == 0 {
-		return ""
+// readHint is how many bytes a read at fd's offset can return: for a regular file, what lies
+// between the offset and the end plus one byte, the room the read that meets the end needs to
+// tell it from a full buffer. For anything else it is a first guess.
+func readHint(fd int) int64 {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return smallRead
 	}
-	out := make([]byte, base64.StdEncoding.EncodedLen(len(b)))
-	base64.StdEncoding.Encode(out, b)
-	return unsafe.String(&out[0], len(out))
+	pos, err := unix.Seek(fd, 0, unix.SEEK_CUR)
+	if err != nil {
+		return smallRead
+	}
+	return max(st.Size-pos, 0) + 1
 }
 
 func (ft *fileTable) write(h int64, b64 string, count int64, hasCount bool) (any, error) {

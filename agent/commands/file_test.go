@@ -7,6 +7,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -325,6 +326,98 @@ func TestDecodeBase64RoundTrips(t *testing.T) {
 		if s := encodeBase64(b); s != base64.StdEncoding.EncodeToString(b) {
 			t.Fatalf("encodeBase64 differs for %d bytes", len(b))
 		}
+	}
+}
+
+// encodeBase64 is the text guest-file-read's reply carries for b: the encoder's JSON string
+// for the reply's protocol.Base64, without its quotes.
+func encodeBase64(b []byte) string {
+	s := protocol.AppendValue(nil, fileRead{BufB64: b})
+	_, s, _ = bytes.Cut(s, []byte(`"buf-b64": "`))
+	s, _, _ = bytes.Cut(s, []byte(`"`))
+	return string(s)
+}
+
+// A large count costs a buffer the size of what the file holds, not of the count: a host that
+// asks for 48 MiB at a time of a small file must not make the agent allocate 48 MiB.
+func TestLargeReadsAllocateWhatTheFileHolds(t *testing.T) {
+	a := newFTAgent(t)
+	path := filepath.Join(t.TempDir(), "small")
+	data := make([]byte, 200<<10)
+	rand.New(rand.NewSource(2)).Read(data)
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h := a.open(t, path, "r")
+	read := protocol.Message{Value: map[string]any{"execute": "guest-file-read",
+		"arguments": map[string]any{"handle": h, "count": int64(maxReadCount)}}}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	resp, _ := a.d.Dispatch(context.Background(), read)
+	runtime.ReadMemStats(&after)
+	r, ok := resp.Return.(fileRead)
+	if !ok || r.Count != int64(len(data)) || !r.EOF || !bytes.Equal(r.BufB64, data) {
+		t.Fatalf("read %+v, want the %d bytes and eof", resp.Err, len(data))
+	}
+	allocated := after.TotalAlloc - before.TotalAlloc
+	t.Logf("%d bytes allocated to read %d bytes with count %d", allocated, len(data), maxReadCount)
+	if limit := uint64(len(data) + 64<<10); allocated > limit {
+		t.Fatalf("%d bytes allocated to read %d bytes, want at most %d", allocated, len(data), limit)
+	}
+	if cap(r.BufB64) > len(data)+1 {
+		t.Errorf("the reply holds a %d-byte buffer for %d bytes", cap(r.BufB64), len(data))
+	}
+
+	// Exactly the rest of the file, with a large count: the end is not met yet, as with small
+	// counts (TestReadEOFIsPerCall).
+	a.seek(t, h, 0, "set")
+	if r := a.read(t, h, int64(len(data))); r.count != int64(len(data)) || r.eof || !bytes.Equal(r.data, data) {
+		t.Fatalf("read of exactly the rest: count %d eof %v", r.count, r.eof)
+	}
+	if r := a.read(t, h, maxReadCount); r.count != 0 || !r.eof {
+		t.Fatalf("read at the end: count %d eof %v", r.count, r.eof)
+	}
+	// A file that grew after its size was taken is read whole: the buffer grows.
+	a.seek(t, h, 0, "set")
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if r := a.read(t, h, maxReadCount); r.count != 2*int64(len(data)) || !r.eof ||
+		!bytes.Equal(r.data[:len(data)], data) || !bytes.Equal(r.data[len(data):], data) {
+		t.Fatalf("read of the grown file: count %d eof %v", r.count, r.eof)
+	}
+}
+
+// Files whose size says nothing of what they hold: a /proc file (size 0) and a pipe holding
+// more than the first buffer. Their reads grow the buffer and return everything there is.
+func TestLargeReadsOfFilesWithoutASize(t *testing.T) {
+	a := newFTAgent(t)
+	want, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Skip(err)
+	}
+	h := a.open(t, "/proc/self/mountinfo", "r")
+	if r := a.read(t, h, maxReadCount); !r.eof || r.count == 0 || !bytes.HasPrefix(r.data, want[:bytes.IndexByte(want, ' ')+1]) {
+		t.Fatalf("/proc/self/mountinfo: count %d eof %v, starts %.40q", r.count, r.eof, r.data)
+	}
+
+	hp, w := ftFIFO(t, a, "r")
+	size, err := unix.FcntlInt(uintptr(w), unix.F_SETPIPE_SZ, 1<<20)
+	if err != nil {
+		t.Skipf("cannot grow the pipe: %v", err)
+	}
+	data := make([]byte, min(size, 1<<20)-1000)
+	rand.New(rand.NewSource(3)).Read(data)
+	if n, err := unix.Write(w, data); err != nil || n != len(data) {
+		t.Fatalf("filling the pipe: %d, %v", n, err)
+	}
+	if r := a.read(t, hp, maxReadCount); r.count != int64(len(data)) || r.eof || !bytes.Equal(r.data, data) {
+		t.Fatalf("pipe: count %d of %d, eof %v", r.count, len(data), r.eof)
 	}
 }
 
