@@ -1,6 +1,7 @@
 // Package server is the agent's main loop: it reads what the host sends, feeds the stream
 // decoder, runs each request to completion in order (like the reference, a slow command holds
-// up everything behind it and nothing more is read meanwhile) and writes each reply whole.
+// up everything behind it and nothing more is read meanwhile) and writes each reply whole
+// before it reads on.
 package server
 
 import (
@@ -8,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime/debug"
 	"time"
 
 	"github.com/qgakit/qgakit/agent/protocol"
@@ -22,9 +24,9 @@ type Dispatcher interface {
 // readSize is the reference's QGA_READ_COUNT_DEFAULT.
 const readSize = 4096
 
-// keepReplyBuffer is the largest reply buffer kept between replies: a 64 MiB guest-file-read
-// reply must not pin 64 MiB for the agent's lifetime.
-const keepReplyBuffer = 1 << 20
+// releaseAfter is the size of a request or reply after which the agent hands the memory it
+// took back to the kernel at once (see release).
+const releaseAfter = 4 << 20
 
 // shutdownGrace is how long a reply that is being written when the agent is told to stop
 // may still take: the command already ran, so its reply should reach the host, but a host
@@ -39,8 +41,10 @@ type Server struct {
 	// AfterMessage, when set, runs after every message has been answered.
 	AfterMessage func()
 
-	dec   *protocol.Decoder
-	reply []byte
+	dec *protocol.Decoder
+	// received counts the bytes read since the last message was answered: about the size of
+	// the next message.
+	received int
 }
 
 // Serve answers requests until ctx is done (it then returns nil) or the channel fails. The
@@ -98,6 +102,7 @@ func (s *Server) serveStream(ctx, writeCtx context.Context, st transport.Stream,
 		if err != nil {
 			return err
 		}
+		s.received += n
 		if s.Log.On(LevelDebug) {
 			s.Log.Debugf("read data, count: %d, data: %s", n, cString(buf[:n]))
 		}
@@ -113,20 +118,56 @@ func (s *Server) handle(ctx, writeCtx context.Context, st transport.Stream, m pr
 	if m.Err == nil {
 		s.Log.Debugf("processing command")
 	}
-	resp, reply := s.Dispatcher.Dispatch(context.WithoutCancel(ctx), m)
-	if reply {
-		s.reply = protocol.AppendResponse(s.reply[:0], &resp)
-		s.Log.Debugf("sending data, count: %d", len(s.reply))
-		if err := st.WriteAll(writeCtx, s.reply); err != nil {
-			s.Log.Warningf("error sending error response: %v", err)
-		}
-		if cap(s.reply) > keepReplyBuffer {
-			s.reply = nil
-		}
+	sent := s.respond(ctx, writeCtx, st, m)
+	if sent >= releaseAfter || s.received >= releaseAfter {
+		release()
 	}
+	s.received = 0
 	if s.AfterMessage != nil {
 		s.AfterMessage()
 	}
+}
+
+// respond runs m and writes its reply, if it has one, as it is encoded: a guest-file-read's
+// base64 goes to the channel in pieces and never exists whole. It returns the reply's size
+// (0 without a reply); what the reply held, such as a read's buffer, is garbage once it
+// returns.
+func (s *Server) respond(ctx, writeCtx context.Context, st transport.Stream, m protocol.Message) int64 {
+	resp, reply := s.Dispatcher.Dispatch(context.WithoutCancel(ctx), m)
+	if !reply {
+		return 0
+	}
+	if s.Log.On(LevelDebug) {
+		// The reference logs the size before it writes; it takes no encoding to know it.
+		s.Log.Debugf("sending data, count: %d", protocol.ResponseSize(&resp))
+	}
+	n, err := protocol.WriteResponse(streamWriter{writeCtx, st}, &resp)
+	if err != nil {
+		s.Log.Warningf("error sending error response: %v", err)
+		// A reply cut short by a host that left held as much memory as a whole one.
+		n = protocol.ResponseSize(&resp)
+	}
+	return n
+}
+
+// release returns the memory of a large message to the kernel now. A 48 MiB guest-file-read
+// leaves its buffer as garbage, and a large request its tokens; Go's collector would free them
+// at the next cycle and hand the pages back over minutes, so an agent that idles after a file
+// copy (the usual case) would stay that large. The cost, a collection of a heap of a few
+// hundred KiB and a madvise, is small beside the message's own, and small messages never pay it.
+func release() { debug.FreeOSMemory() }
+
+// streamWriter is a stream as an io.Writer for protocol.WriteResponse.
+type streamWriter struct {
+	ctx context.Context
+	st  transport.Stream
+}
+
+func (w streamWriter) Write(p []byte) (int, error) {
+	if err := w.st.WriteAll(w.ctx, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 // graceContext returns a context that ends grace after parent does, and a function that

@@ -1,0 +1,138 @@
+package server
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"fmt"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"sync"
+	"testing"
+
+	"github.com/qgakit/qgakit/agent/commands"
+	"github.com/qgakit/qgakit/agent/dispatch"
+	"github.com/qgakit/qgakit/agent/state"
+	"github.com/qgakit/qgakit/agent/transport"
+	"github.com/qgakit/qgakit/schema"
+	"golang.org/x/sys/unix"
+)
+
+// recordingChannel is a real channel whose streams remember the largest single WriteAll.
+type recordingChannel struct {
+	transport.Channel
+	mu      sync.Mutex
+	largest int
+	writes  int
+}
+
+func (c *recordingChannel) Accept(ctx context.Context) (transport.Stream, error) {
+	st, err := c.Channel.Accept(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &recordingStream{Stream: st, c: c}, nil
+}
+
+type recordingStream struct {
+	transport.Stream
+	c *recordingChannel
+}
+
+func (s *recordingStream) WriteAll(ctx context.Context, p []byte) error {
+	s.c.mu.Lock()
+	s.c.largest = max(s.c.largest, len(p))
+	s.c.writes++
+	s.c.mu.Unlock()
+	return s.Stream.WriteAll(ctx, p)
+}
+
+// A guest-file-read of many MiB through the real commands: the reply arrives byte for byte as
+// the reference frames it, the debug log gives its exact size before it is sent, and it
+// reaches the channel in pieces instead of as one 16 MiB write.
+func TestFileReadReplyIsStreamed(t *testing.T) {
+	st, err := state.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := dispatch.New(schema.MustLoad(), dispatch.Options{Frozen: st.Frozen})
+	commands.Register(d, &commands.Env{State: st, Version: "test", Info: d.Info})
+	data := make([]byte, 12<<20)
+	rand.New(rand.NewSource(4)).Read(data)
+	path := filepath.Join(t.TempDir(), "data")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	var log bytes.Buffer
+	var logMu sync.Mutex
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[1])
+	ch, err := transport.NewDeviceChannel(fds[0], transport.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	rec := &recordingChannel{Channel: ch}
+	srv := &Server{Channel: rec, Dispatcher: d, Log: NewLogger(lockedWriter{&logMu, &log}, "", true)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	}()
+	h := &host{fd: fds[1], r: bufio.NewReaderSize(fdReader(fds[1]), 1<<16)}
+
+	h.send(t, fmt.Sprintf(`{"execute":"guest-file-open","arguments":{"path":%q}}`, path))
+	open := h.line(t)
+	m := regexp.MustCompile(`^\{"return": ([0-9]+)\}\n$`).FindStringSubmatch(open)
+	if m == nil {
+		t.Fatalf("open: %q", open)
+	}
+	handle, _ := strconv.Atoi(m[1])
+	h.send(t, fmt.Sprintf(`{"execute":"guest-file-read","arguments":{"handle":%d,"count":%d},"id":"r"}`, handle, 48<<20))
+	got := h.line(t)
+	want := `{"return": {"count": 12582912, "buf-b64": "` + base64.StdEncoding.EncodeToString(data) +
+		`", "eof": true}, "id": "r"}` + "\n"
+	if got != want {
+		t.Fatalf("reply of %d bytes differs from the expected %d bytes; starts %.80q", len(got), len(want), got)
+	}
+	h.send(t, `{"execute":"guest-ping"}`)
+	if l := h.line(t); l != "{\"return\": {}}\n" {
+		t.Fatalf("ping after the read: %q", l)
+	}
+
+	rec.mu.Lock()
+	largest, writes := rec.largest, rec.writes
+	rec.mu.Unlock()
+	t.Logf("%d-byte reply in %d writes, the largest %d bytes", len(want), writes, largest)
+	if largest > 256<<10 {
+		t.Errorf("the reply went out in a %d-byte write: it was built whole", largest)
+	}
+	logMu.Lock()
+	defer logMu.Unlock()
+	if wantLine := fmt.Sprintf("debug: sending data, count: %d\n", len(want)); !bytes.Contains(log.Bytes(), []byte(wantLine)) {
+		t.Errorf("the log lacks %q:\n%s", wantLine, log.Bytes())
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.w.Write(p)
+}
