@@ -187,6 +187,9 @@ func Prepare(ctx context.Context, c Config) (*Prepared, error) {
 		if err != nil {
 			return nil, err
 		}
+		if _, err := os.Stat(path); err != nil {
+			return nil, fmt.Errorf("IMAGE=file:%s: %w", arg, err)
+		}
 		if p.DiskFormat, err = diskFormat(ctx, path); err != nil {
 			return nil, fmt.Errorf("IMAGE=file:%s: %w", arg, err)
 		}
