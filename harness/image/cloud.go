@@ -182,13 +182,8 @@ func buildCloudIn(ctx context.Context, root string, progress io.Writer) (*Cloud,
 	if c, err := LoadDebianCloud(dir); err == nil {
 		return c, nil // another process built it while we waited
 	}
-	// We hold the lock, so temp dirs of this key belong to builders that died, possibly with
-	// mmdebstrap's mounts still inside.
-	stale, _ := filepath.Glob(filepath.Join(root, ".debian-cloud-"+key+".tmp-*"))
-	for _, s := range stale {
-		if err := removeBuildDir(s); err != nil {
-			return nil, err
-		}
+	if err := sweepStaleBuilds(root, key); err != nil {
+		return nil, err
 	}
 	tmp, err := os.MkdirTemp(root, ".debian-cloud-"+key+".tmp-")
 	if err != nil {
@@ -208,6 +203,37 @@ func buildCloudIn(ctx context.Context, root string, progress io.Writer) (*Cloud,
 		return nil, fmt.Errorf("install debian-cloud image: %w", err)
 	}
 	return LoadDebianCloud(dir)
+}
+
+// sweepStaleBuilds removes the temp dirs of builders that died (killed, so their deferred
+// clean-up never ran): about a gigabyte each, possibly with mmdebstrap's mounts still inside.
+// The caller holds the lock of key, so that key's temp dirs are stale; another key's are stale
+// when nobody holds its lock.
+func sweepStaleBuilds(root, key string) error {
+	dirs, _ := filepath.Glob(filepath.Join(root, ".debian-cloud-*.tmp-*"))
+	for _, d := range dirs {
+		k := strings.TrimPrefix(filepath.Base(d), ".debian-cloud-")
+		k, _, _ = strings.Cut(k, ".tmp-")
+		if k == key {
+			if err := removeBuildDir(d); err != nil {
+				return err
+			}
+			continue
+		}
+		f, err := os.OpenFile(filepath.Join(root, "debian-cloud-"+k+".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+		if err != nil {
+			continue
+		}
+		if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil {
+			err = removeBuildDir(d)
+			syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		}
+		f.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // removeBuildDir removes a build directory after unmounting whatever a killed mmdebstrap

@@ -1,6 +1,8 @@
 package image
 
 import (
+	"context"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -204,5 +206,30 @@ func TestSeedScriptsParse(t *testing.T) {
 	os.WriteFile(p, b, 0o644)
 	if o, err := execCommand("sh", "-n", p); err != nil {
 		t.Errorf("customize: sh -n: %v\n%s", err, o)
+	}
+}
+
+func TestSweepStaleBuilds(t *testing.T) {
+	root := t.TempDir()
+	for _, d := range []string{".debian-cloud-aaaa.tmp-1/rootfs/etc", ".debian-cloud-bbbb.tmp-2/x", ".debian-cloud-cccc.tmp-3/y", "debian-cloud-dddd/keep"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A live builder of cccc holds its lock: its temp dir must survive.
+	unlock, err := lockFile(context.Background(), filepath.Join(root, "debian-cloud-cccc.lock"), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	if err := sweepStaleBuilds(root, "aaaa"); err != nil {
+		t.Fatal(err)
+	}
+	for d, want := range map[string]bool{".debian-cloud-aaaa.tmp-1": false, ".debian-cloud-bbbb.tmp-2": false,
+		".debian-cloud-cccc.tmp-3": true, "debian-cloud-dddd": true} {
+		_, err := os.Stat(filepath.Join(root, d))
+		if (err == nil) != want {
+			t.Errorf("%s: exists=%v, want %v", d, err == nil, want)
+		}
 	}
 }
