@@ -1,24 +1,22 @@
-// Package schema is the contract of the project: the guest agent's QAPI schema, embedded and
-// parsed once. The agent's dispatcher checks arguments against it and builds guest-info from it;
-// the harness reads it to know which commands a conformant agent must have and which of them
-// must have a spec.
+// Package schema is the contract of the project: the guest agent's QAPI schema. The agent's
+// dispatcher checks arguments against it and builds guest-info from it; the harness reads it
+// to know which commands a conformant agent must have and which of them must have a spec.
 //
-// The embedded qapi-schema.json is a derived copy of the seed (../shared/spec): the same 23
-// commands, written in today's QAPI syntax and with the wire types of qemu-ga 7.2 (see the
-// header of the file for the exact differences).
+// qapi-schema.json in this directory is a derived copy of the seed (../shared/spec): the same
+// 23 commands, written in today's QAPI syntax and with the wire types of qemu-ga 7.2 (see the
+// header of the file for the exact differences). The package does not parse it at run time:
+// `go generate ./schema` runs schemagen, which parses it with go-qemu's QAPI parser and writes
+// the result as Go values to zz_generated.go, so that the agent starts without parsing JSON
+// and without the parser in its binary. The package's tests fail when the generated table and
+// the parser's reading of the file differ.
 package schema
 
+//go:generate go run gen.go
+
 import (
-	_ "embed"
 	"fmt"
-	"regexp"
 	"sync"
-
-	qapi "github.com/digitalocean/go-qemu/qapi-schema"
 )
-
-//go:embed qapi-schema.json
-var raw string
 
 // Kind says what a named QAPI type is.
 type Kind int
@@ -99,8 +97,8 @@ func (s *Schema) CommandNames() []string {
 	return names
 }
 
-// builtins are the QAPI built-in types the schema may reference.
-var builtins = []string{"str", "bool", "number", "any", "null",
+// Builtins are the QAPI built-in types a schema may reference.
+var Builtins = []string{"str", "bool", "number", "any", "null",
 	"int", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "size"}
 
 var (
@@ -109,13 +107,16 @@ var (
 	loadErr  error
 )
 
-// Load returns the embedded schema, parsed on first use.
+// Load returns the agent schema, built on first use from the generated table.
 func Load() (*Schema, error) {
-	loadOnce.Do(func() { loaded, loadErr = Parse(raw) })
+	loadOnce.Do(func() {
+		commands, types := table()
+		loaded, loadErr = New(commands, types)
+	})
 	return loaded, loadErr
 }
 
-// MustLoad is Load for callers that cannot go on without the schema (the embedded copy is
+// MustLoad is Load for callers that cannot go on without the schema (the generated table is
 // checked by the package's tests, so a failure here is a build defect).
 func MustLoad() *Schema {
 	s, err := Load()
@@ -125,56 +126,25 @@ func MustLoad() *Schema {
 	return s
 }
 
-// topLevel matches the opening of each definition, to check that the parser read them all:
-// go-qemu's parser stops quietly at the first construct it does not know.
-var topLevel = regexp.MustCompile(`(?m)^\{\s*'(command|struct|enum|alternate|union|event|include|pragma)'`)
-
-// Parse parses a QAPI schema document.
-func Parse(doc string) (*Schema, error) {
-	tree, err := qapi.Parse(doc)
-	if err != nil {
-		return nil, fmt.Errorf("parse agent schema: %w", err)
+// New makes a schema of commands, in schema order, and the named types they use. The QAPI
+// built-ins are added to types (which New keeps and extends); every type reference must
+// resolve.
+func New(commands []*Command, types map[string]*Type) (*Schema, error) {
+	if types == nil {
+		types = map[string]*Type{}
 	}
-	if want := len(topLevel.FindAllStringIndex(doc, -1)); len(tree.Children) != want {
-		return nil, fmt.Errorf("parse agent schema: read %d of %d definitions", len(tree.Children), want)
-	}
-	s := &Schema{Types: map[string]*Type{}, byName: map[string]*Command{}}
-	for _, b := range builtins {
-		s.Types[b] = &Type{Name: b, Kind: Builtin}
-	}
-	for _, child := range tree.Children {
-		switch n := child.Node.(type) {
-		case *qapi.Command:
-			c := &Command{Name: n.Name, SuccessResponse: n.SuccessResponse == nil || *n.SuccessResponse}
-			if n.Data.Ref != nil {
-				return nil, fmt.Errorf("command %s: boxed argument types are not supported", n.Name)
-			}
-			if n.Data.Embed != nil {
-				c.Args = members(n.Data.Embed.Members)
-			}
-			if n.Returns != nil {
-				r := ref(*n.Returns)
-				c.Returns = &r
-			}
-			s.Commands = append(s.Commands, c)
-			s.byName[c.Name] = c
-		case *qapi.Struct:
-			s.Types[n.Name] = &Type{Name: n.Name, Kind: Struct, Members: members(n.Members)}
-		case *qapi.Enum:
-			t := &Type{Name: n.Name, Kind: Enum}
-			for _, v := range n.Values {
-				t.Values = append(t.Values, v.Value)
-			}
-			s.Types[n.Name] = t
-		case *qapi.Alternate:
-			t := &Type{Name: n.Name, Kind: Alternate}
-			for _, a := range n.Data {
-				t.Alternatives = append(t.Alternatives, Alternative{Name: a.Name, Type: ref(a.Type)})
-			}
-			s.Types[n.Name] = t
-		default:
-			return nil, fmt.Errorf("parse agent schema: unsupported definition %T", n)
+	s := &Schema{Commands: commands, Types: types, byName: make(map[string]*Command, len(commands))}
+	for _, b := range Builtins {
+		if t, ok := types[b]; ok && t.Kind != Builtin {
+			return nil, fmt.Errorf("type %s: redefines a QAPI built-in", b)
 		}
+		types[b] = &Type{Name: b, Kind: Builtin}
+	}
+	for _, c := range commands {
+		if s.byName[c.Name] != nil {
+			return nil, fmt.Errorf("command %s: defined twice", c.Name)
+		}
+		s.byName[c.Name] = c
 	}
 	return s, s.check()
 }
@@ -212,19 +182,4 @@ func (s *Schema) check() error {
 		}
 	}
 	return nil
-}
-
-func members(ms []qapi.Member) []Member {
-	out := make([]Member, len(ms))
-	for i, m := range ms {
-		out[i] = Member{Name: m.Name, Type: ref(m.Type), Optional: m.Optional}
-	}
-	return out
-}
-
-func ref(r qapi.TypeRef) TypeRef {
-	if r.TypeArray != "" {
-		return TypeRef{Name: string(r.TypeArray), List: true}
-	}
-	return TypeRef{Name: r.Type}
 }

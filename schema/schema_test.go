@@ -52,11 +52,29 @@ func TestWireTypesOf72(t *testing.T) {
 	}
 }
 
-func TestParseRefusesWhatItCannotRead(t *testing.T) {
-	if _, err := Parse("{ 'command': 'a' }\n{ 'command': 'b', 'success-response': 'no' }\n"); err == nil {
-		t.Fatal("a definition the parser skipped went unnoticed")
+// New refuses what the dispatcher could not use: a reference to a type that does not exist,
+// a command defined twice, a named type that shadows a built-in.
+func TestNewRefusesBrokenSchemas(t *testing.T) {
+	str := TypeRef{Name: "str"}
+	for name, c := range map[string]struct {
+		commands []*Command
+		types    map[string]*Type
+	}{
+		"unknown argument type": {commands: []*Command{{Name: "a", Args: []Member{{Name: "x", Type: TypeRef{Name: "Nope"}}}}}},
+		"unknown return type":   {commands: []*Command{{Name: "a", Returns: &TypeRef{Name: "Nope", List: true}}}},
+		"unknown member type": {types: map[string]*Type{
+			"S": {Name: "S", Kind: Struct, Members: []Member{{Name: "m", Type: TypeRef{Name: "Nope"}}}}}},
+		"unknown alternative": {types: map[string]*Type{
+			"A": {Name: "A", Kind: Alternate, Alternatives: []Alternative{{Name: "v", Type: TypeRef{Name: "Nope"}}}}}},
+		"command twice":      {commands: []*Command{{Name: "a"}, {Name: "a"}}},
+		"built-in redefined": {types: map[string]*Type{"int": {Name: "int", Kind: Struct, Members: []Member{{Name: "m", Type: str}}}}},
+	} {
+		if _, err := New(c.commands, c.types); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
 	}
-	if _, err := Parse("{ 'command': 'a', 'data': { 'x': 'Nope' } }\n"); err == nil {
-		t.Fatal("an unknown type went unnoticed")
+	s, err := New([]*Command{{Name: "a", Args: []Member{{Name: "x", Type: str}}}}, nil)
+	if err != nil || s.Command("a") == nil || s.Types["str"] == nil || s.Types["size"].Kind != Builtin {
+		t.Fatalf("a valid schema: %v, %+v", err, s)
 	}
 }
