@@ -769,6 +769,7 @@ func runStreaming(ctx context.Context, progress io.Writer, prefix, name string, 
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
 	start := time.Now()
+	progress = &lockedWriter{w: progress} // the line copier and the heartbeat share it
 	var tail []string
 	done := make(chan struct{})
 	go func() {
@@ -810,6 +811,18 @@ func runStreaming(ctx context.Context, progress io.Writer, prefix, name string, 
 		return fmt.Errorf("%s: %w\n%s", name, err, strings.Join(tail, "\n"))
 	}
 	return nil
+}
+
+// lockedWriter serialises writes to w.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
 }
 
 // CloudOptions are the per-boot choices (*Cloud).Cmdline turns into kernel arguments. The rest
