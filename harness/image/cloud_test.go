@@ -233,3 +233,22 @@ func TestSweepStaleBuilds(t *testing.T) {
 		}
 	}
 }
+
+func TestRunStreaming(t *testing.T) {
+	var progress strings.Builder
+	err := runStreaming(context.Background(), &progress, "pfx: ", "sh", "-c", "echo one; echo two >&2; exit 3")
+	if err == nil {
+		t.Fatal("a failing tool succeeded")
+	}
+	for _, want := range []string{"exit status 3", "one", "two"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q: it must carry the tool's last lines", err, want)
+		}
+	}
+	if !strings.Contains(progress.String(), "pfx: [") || !strings.Contains(progress.String(), "] two\n") {
+		t.Errorf("progress %q: want each line with the prefix and a time", progress.String())
+	}
+	if err := runStreaming(context.Background(), io.Discard, "", "sh", "-c", "true"); err != nil {
+		t.Errorf("a succeeding tool: %v", err)
+	}
+}
