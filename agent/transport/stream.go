@@ -89,7 +89,18 @@ func (s *fdStream) WriteAll(ctx context.Context, p []byte) error {
 			if err != nil {
 				return err
 			}
-			if rev&unix.POLLOUT == 0 && rev&(unix.POLLHUP|unix.POLLERR) != 0 {
+			switch {
+			case rev&unix.POLLOUT != 0:
+			case s.device && rev&unix.POLLERR == 0 && rev&unix.POLLHUP != 0:
+				// No host on the port: wait for one, as the reference does, and give it the
+				// rest of the reply (its sync skips that). Dropping the reply would lose it
+				// for a host that is already back: the guest kernel learns of a reconnect
+				// by a control message that can come after the new host's first request, so
+				// the port may still say "hung up" when the reply to that request is written.
+				if err := sleep(ctx, hostPollInterval); err != nil {
+					return err
+				}
+			case rev&(unix.POLLHUP|unix.POLLERR) != 0:
 				return fmt.Errorf("write channel: %w", ErrPeerGone)
 			}
 		case errors.Is(err, unix.EPIPE), errors.Is(err, unix.ECONNRESET):

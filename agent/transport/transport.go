@@ -29,7 +29,8 @@ type Stream interface {
 	// io.EOF: a disconnected host is waited for, because the device stays open.
 	Read(ctx context.Context, p []byte) (int, error)
 	// WriteAll writes all of p, waiting for room as long as needed. It returns ErrPeerGone
-	// (wrapped) when the host disconnected first.
+	// (wrapped) when a socket client disconnected first; a device stream waits for the next
+	// host instead, until ctx is done.
 	WriteAll(ctx context.Context, p []byte) error
 	Close() error
 }
