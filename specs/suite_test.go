@@ -106,6 +106,8 @@ var _ = SynchronizedBeforeSuite(func(ctx SpecContext) []byte {
 	tiny, err = image.LoadTiny(env.ImageDir)
 	Expect(err).NotTo(HaveOccurred())
 	fmt.Fprintf(GinkgoWriter, "agent under test: %s (%s; reference family: %v)\n", env.Agent, env.Version, env.Reference)
+	// Every process describes the same machine, so they share one saved state (SaveOnce).
+	defaultTemplate = vm.NewTemplate(filepath.Join(env.TmpDir, "template-default"), tinyVMOptions(guestConfig{})...)
 }, NodeTimeout(15*time.Minute))
 
 var _ = SynchronizedAfterSuite(func() {
@@ -124,44 +126,83 @@ const bootTimeout = 2 * time.Minute
 type guestConfig struct {
 	tiny image.TinyOptions
 	vm   []vm.Option
+	// shaped is set by every option that changes the machine or its boot, which the saved
+	// default state cannot have.
+	shaped bool
+	cold   bool
 }
+
+// defaultTemplate is the default guest (no options) booted once and saved; bootGuest restores
+// it for specs that need nothing else, in about a tenth of a cold boot.
+var defaultTemplate *vm.Template
+
+// coldBootAlways makes every guest boot cold (COLDBOOT=1), to rule snapshots out when a spec
+// misbehaves or to measure the difference.
+var coldBootAlways = os.Getenv("COLDBOOT") == "1"
 
 // guestOption changes a guestConfig.
 type guestOption func(*guestConfig)
 
 // withAgentArgs starts the agent in the guest with extra command-line arguments.
 func withAgentArgs(args ...string) guestOption {
-	return func(c *guestConfig) { c.tiny.AgentArgs = append(c.tiny.AgentArgs, args...) }
+	return func(c *guestConfig) { c.tiny.AgentArgs, c.shaped = append(c.tiny.AgentArgs, args...), true }
 }
 
 // withVM passes options to the VM.
 func withVM(opts ...vm.Option) guestOption {
-	return func(c *guestConfig) { c.vm = append(c.vm, opts...) }
+	return func(c *guestConfig) { c.vm, c.shaped = append(c.vm, opts...), true }
 }
 
 // withTiny changes the tiny image's boot options.
 func withTiny(f func(*image.TinyOptions)) guestOption {
-	return func(c *guestConfig) { f(&c.tiny) }
+	return func(c *guestConfig) { f(&c.tiny); c.shaped = true }
 }
 
-// bootGuest boots a tiny guest with the agent under test, attaches the agent's channel and
-// synchronises with it. The VM is closed (and its artifacts kept when
-// the spec failed) by DeferCleanup.
+// withColdBoot boots the guest from scratch even when the saved default state would do: for
+// specs about what happens at boot.
+func withColdBoot() guestOption { return func(c *guestConfig) { c.cold = true } }
+
+// tinyVMOptions are the VM options of a tiny guest with the agent under test.
+func tinyVMOptions(c guestConfig) []vm.Option {
+	return append([]vm.Option{vm.WithKernel(tiny.Kernel, env.Initrd, tiny.Cmdline(c.tiny))}, c.vm...)
+}
+
+// bootGuest starts a tiny guest with the agent under test, attaches the agent's channel and
+// synchronises with it. A guest without options is restored from the saved default state (the
+// clock set back to the host's by the console, fresh disk overlays); any option, withColdBoot or
+// COLDBOOT=1 boots it cold. The VM is closed (and its artifacts kept when the spec failed) by
+// DeferCleanup.
 func bootGuest(ctx context.Context, opts ...guestOption) *vm.VM {
 	GinkgoHelper()
 	var c guestConfig
 	for _, o := range opts {
 		o(&c)
 	}
-	vmOpts := append([]vm.Option{vm.WithKernel(tiny.Kernel, env.Initrd, tiny.Cmdline(c.tiny))}, c.vm...)
 	bootCtx, cancel := context.WithTimeout(ctx, bootTimeout)
 	defer cancel()
-	v := vm.StartT(GinkgoT(), bootCtx, vmOpts...)
+	if !c.shaped && !c.cold && !coldBootAlways {
+		By("restoring the saved default guest (booted and saved once per run)")
+		Expect(defaultTemplate.SaveOnce(bootCtx, readyToSave)).To(Succeed(), "save the default guest")
+		return defaultTemplate.RestoreT(GinkgoT(), bootCtx, vm.RestoreAgent())
+	}
+	v := vm.StartT(GinkgoT(), bootCtx, tinyVMOptions(c)...)
 	_, err := v.WaitSerial(bootCtx, "TINY: READY")
 	Expect(err).NotTo(HaveOccurred(), "the guest did not reach TINY: READY")
 	_, err = v.AttachAgent(bootCtx)
 	Expect(err).NotTo(HaveOccurred(), "attach the agent channel")
 	return v
+}
+
+// readyToSave is when a booted default guest may be saved: init is done (late modules
+// included, so a clone never sees them load), and the console shell answers.
+func readyToSave(ctx context.Context, v *vm.VM) error {
+	for _, line := range []string{"TINY: READY", "TINY: late-modules-loaded"} {
+		if _, err := v.WaitSerial(ctx, line); err != nil {
+			return fmt.Errorf("wait for %q: %w", line, err)
+		}
+	}
+	_, err := v.Console().RunOK(ctx, "true")
+	return err
 }
 
 // cmdLabel is the label every spec of a command carries. It refuses names the schema lacks, so
