@@ -1,13 +1,16 @@
 package vm
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/qgakit/qgakit/harness/qga"
 )
@@ -42,6 +45,15 @@ func (v *VM) Artifacts(dir string) error {
 		return func(w io.Writer) error { _, err := w.Write(b); return err }
 	}
 	status := fmt.Sprintf("name: %s\npid: %d\ndir: %s\n", v.cfg.name, v.pid, v.dir)
+	// A QEMU that has just crashed has closed its sockets (the spec failed on that) but may not
+	// be reaped yet: wait a moment for its exit state, the first thing a reader wants then,
+	// rather than report it still running.
+	if v.pid > 0 && exiting(v.pid) {
+		select {
+		case <-v.exited:
+		case <-time.After(reapWait):
+		}
+	}
 	select {
 	case <-v.exited:
 		status += fmt.Sprintf("exit: %v\n", v.state)
@@ -92,6 +104,35 @@ func (v *VM) Artifacts(dir string) error {
 	}
 	return nil
 }
+
+// reapWait bounds how long Artifacts waits for a dying QEMU to be reaped.
+const reapWait = 10 * time.Second
+
+// exiting reports whether process pid is on its way out: gone, a zombie, or inside exit (the
+// kernel's PF_EXITING flag, set before it closes the process's files).
+func exiting(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	// pid (comm) state ppid pgrp session tty_nr tpgid flags ...; comm may hold spaces.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 7 {
+		return false
+	}
+	if f[0] == "Z" || f[0] == "X" {
+		return true
+	}
+	flags, err := strconv.ParseUint(f[6], 10, 64)
+	return err == nil && flags&pfExiting != 0
+}
+
+// pfExiting is PF_EXITING of include/linux/sched.h.
+const pfExiting = 0x4
 
 var unsafeName = regexp.MustCompile(`[^A-Za-z0-9._-]+`)
 
