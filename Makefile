@@ -5,8 +5,9 @@ SHELL := /bin/bash
 export PATH := $(PATH):/usr/local/go/bin
 GO ?= go
 
-# The agent under test (`make e2e AGENT=/usr/sbin/qemu-ga`), the image profile, a Ginkgo label
-# filter and the number of Ginkgo processes.
+# The agent under test (`make e2e AGENT=/usr/sbin/qemu-ga`; AGENT=image runs a cloud image's own
+# qemu-ga and is passed on as the word, not a path), the image profile, a Ginkgo label filter and
+# the number of Ginkgo processes.
 AGENT ?= bin/qga
 IMAGE ?= tiny
 LABELS ?=
@@ -57,7 +58,7 @@ lint:
 e2e: agent
 	scripts/install-deps.sh e2e
 	@mkdir -p $(ARTIFACTS)
-	AGENT=$(call abs,$(AGENT)) IMAGE=$(IMAGE) ARTIFACTS=$(call abs,$(ARTIFACTS)) \
+	AGENT=$(if $(filter image,$(AGENT)),image,$(call abs,$(AGENT))) IMAGE=$(IMAGE) ARTIFACTS=$(call abs,$(ARTIFACTS)) \
 	  $(GINKGO) -v --procs=$(PROCS) --label-filter='$(LABELS)' \
 	  --junit-report=junit.xml --json-report=report.json --output-dir=$(call abs,$(ARTIFACTS)) ./specs
 
