@@ -56,7 +56,7 @@ lint:
 	exit $$status
 
 e2e: agent
-	scripts/install-deps.sh e2e
+	scripts/install-deps.sh $(if $(filter tiny,$(IMAGE)),e2e,cloud)
 	@mkdir -p $(ARTIFACTS)
 	AGENT=$(if $(filter image,$(AGENT)),image,$(call abs,$(AGENT))) IMAGE=$(IMAGE) ARTIFACTS=$(call abs,$(ARTIFACTS)) \
 	  $(GINKGO) -v --procs=$(PROCS) --label-filter='$(LABELS)' \
