@@ -23,23 +23,32 @@ var _ = Describe("the agent channel", Ordered, cmdLabel("guest-sync-delimited", 
 		guest = bootGuest(ctx)
 	}, NodeTimeout(bootTimeout))
 
-	It("is served by the injected binary, as the console sees it", func(ctx SpecContext) {
-		By("the binary in the guest has the sha256 AGENT had on the host when it was injected")
-		want := env.AgentSHA256
-		out, err := guest.Console().RunOK(ctx, "sha256sum "+image.AgentPath)
-		Expect(err).NotTo(HaveOccurred())
-		Expect(strings.Fields(out)).To(HaveExactElements(want, image.AgentPath))
+	It("is served by the binary under test, as the console sees it", func(ctx SpecContext) {
+		if env.Agent == image.AgentFromImage {
+			By("AGENT=image: the binary is the image's package's, unchanged (dpkg -V reports nothing for it)")
+			out, err := guest.Console().RunOK(ctx, "dpkg -S "+agentPath())
+			Expect(err).NotTo(HaveOccurred())
+			Expect(out).To(Equal("qemu-guest-agent: " + agentPath() + "\n"))
+			out, _, err = guest.Console().Run(ctx, "dpkg -V qemu-guest-agent")
+			Expect(err).NotTo(HaveOccurred())
+			Expect(out).NotTo(ContainSubstring(" "+agentPath()+"\n"), "dpkg -V says the image's agent was changed")
+		} else {
+			By("the binary in the guest has the sha256 AGENT had on the host when it was prepared")
+			out, err := guest.Console().RunOK(ctx, "sha256sum "+agentPath())
+			Expect(err).NotTo(HaveOccurred())
+			Expect(strings.Fields(out)).To(HaveExactElements(env.AgentSHA256, agentPath()))
+		}
 
 		By("the console lists it running on the agent port")
 		Expect(agentCmdlines(ctx, guest)).To(ContainElement(ContainSubstring("-p /dev/virtio-ports/org.qemu.guest_agent.0")))
 
 		By("killing it from the console: the supervisor restarts it and it answers again")
 		mark := guest.SerialMark()
-		_, err = guest.Console().RunOK(ctx, "kill -9 $(pidof agent)")
+		_, err := guest.Console().RunOK(ctx, "kill -9 $(pidof "+agentProcName()+")")
 		Expect(err).NotTo(HaveOccurred())
-		_, err = guest.WaitSerialAfter(ctx, mark, "TINY: agent-start")
+		_, err = guest.WaitSerialAfter(ctx, mark, marker(image.EventAgentStart))
 		Expect(err).NotTo(HaveOccurred())
-		Expect(guest.Agent().Sync(ctx)).To(Succeed())
+		Expect(guest.Agent().SyncUntil(ctx, 5*time.Second)).To(Succeed())
 		Expect(guest.Agent().Call(ctx, "guest-ping", nil, nil)).To(Succeed())
 	}, SpecTimeout(2*time.Minute))
 
@@ -65,10 +74,10 @@ var _ = Describe("the agent channel", Ordered, cmdLabel("guest-sync-delimited", 
 })
 
 // agentCmdlines lists, through the console, the command lines of the processes running the
-// injected agent binary.
+// agent binary under test.
 func agentCmdlines(ctx context.Context, guest *vm.VM) []string {
 	GinkgoHelper()
-	out, err := guest.Console().RunOK(ctx, `for p in /proc/[0-9]*; do c=$(tr '\0' ' ' < $p/cmdline 2>/dev/null); case "$c" in `+image.AgentPath+`*) echo "$c";; esac; done`)
+	out, err := guest.Console().RunOK(ctx, `for p in /proc/[0-9]*; do c=$(tr '\0' ' ' < $p/cmdline 2>/dev/null); case "$c" in `+agentPath()+`*) echo "$c";; esac; done`)
 	Expect(err).NotTo(HaveOccurred())
 	return strings.Split(strings.TrimSpace(out), "\n")
 }

@@ -479,9 +479,9 @@ var _ = Describe("guest-file-*", Ordered, ContinueOnFailure, func() {
 			mark := guest.SerialMark()
 			_, err = guest.Console().RunOK(ctx, "kill -9 "+oldPids[0])
 			Expect(err).NotTo(HaveOccurred())
-			_, err = guest.WaitSerialAfter(ctx, mark, "TINY: agent-exit rc=137")
+			_, err = guest.WaitSerialAfter(ctx, mark, marker(image.EventAgentExit(137)))
 			Expect(err).NotTo(HaveOccurred())
-			_, err = guest.WaitSerialAfter(ctx, mark, "TINY: agent-start")
+			_, err = guest.WaitSerialAfter(ctx, mark, marker(image.EventAgentStart))
 			Expect(err).NotTo(HaveOccurred())
 			Expect(agent.SyncUntil(ctx, 5*time.Second)).To(Succeed())
 			newPids := gfAgentPids(ctx, guest)
@@ -679,10 +679,10 @@ func gfConsoleExists(ctx context.Context, guest *vm.VM, path string) bool {
 	return rc == 0
 }
 
-// gfAgentPids are the pids of the processes running the injected agent binary.
+// gfAgentPids are the pids of the processes running the agent binary under test.
 func gfAgentPids(ctx context.Context, guest *vm.VM) []string {
 	GinkgoHelper()
-	out, _, err := guest.Console().Run(ctx, "pidof "+image.AgentPath[strings.LastIndex(image.AgentPath, "/")+1:])
+	out, _, err := guest.Console().Run(ctx, "pidof "+agentProcName())
 	Expect(err).NotTo(HaveOccurred())
 	return strings.Fields(out)
 }

@@ -77,13 +77,12 @@ var _ = Describe("guest-fsfreeze", Label("destructive"), func() {
 			guest := bootGuest(ctx,
 				withVM(vm.WithDisk(vm.Disk{Path: ext4Disk, Node: "ext4"}), vm.WithDisk(vm.Disk{Path: xfsDisk, Node: "xfs"}),
 					vm.WithHotplugPorts(2)),
-				withTiny(func(o *image.TinyOptions) { o.Mounts = []string{"vda", "vdb"} }),
+				withMounts("vda", "vdb"),
 				withAgentArgs("-F/run/fsfreeze-hook"))
-			ensureThawedOnCleanup(guest, "/mnt/vda", "/mnt/vdb")
 			agent, con := guest.Agent(), guest.Console()
 
-			By("the console sees ext4 on /mnt/vda and xfs on /mnt/vdb, the guest's only block-device filesystems")
-			Expect(guestBlockMounts(ctx, guest)).To(Equal(map[string]string{"/mnt/vda": "ext4", "/mnt/vdb": "xfs"}))
+			mounts := expectDataMounts(ctx, guest, map[string]string{"/mnt/vda": "ext4", "/mnt/vdb": "xfs"})
+			ensureThawedOnCleanup(guest, slices.Sorted(maps.Keys(mounts))...)
 
 			By("installing the hook from the console (the agent looks for it at each freeze and thaw), and keeping new writes in the guest's memory")
 			_, err := con.RunOK(ctx, fmt.Sprintf("printf '%%s' %s > /run/fsfreeze-hook && chmod 755 /run/fsfreeze-hook && %s",
@@ -108,9 +107,9 @@ var _ = Describe("guest-fsfreeze", Label("destructive"), func() {
 			Expect(guest.Backup(ctx, "ext4", filepath.Join(dir, "ext4-unfrozen.raw"))).To(Succeed())
 			Expect(guest.Backup(ctx, "xfs", filepath.Join(dir, "xfs-unfrozen.raw"))).To(Succeed())
 
-			By("guest-fsfreeze-status is thawed, and guest-fsfreeze-freeze freezes both filesystems")
+			By(fmt.Sprintf("guest-fsfreeze-status is thawed, and guest-fsfreeze-freeze freezes all %d block-device filesystems", len(mounts)))
 			Expect(fsfreezeStatus(ctx, agent)).To(Equal("thawed"))
-			Expect(fsfreezeCall(ctx, agent, "guest-fsfreeze-freeze")).To(Equal(int64(2)), "guest-fsfreeze-freeze must count the frozen filesystems")
+			Expect(fsfreezeCall(ctx, agent, "guest-fsfreeze-freeze")).To(Equal(int64(len(mounts))), "guest-fsfreeze-freeze must count the frozen filesystems")
 			Expect(fsfreezeStatus(ctx, agent)).To(Equal("frozen"))
 
 			By("a write from the console blocks: the guest's kernel has the writer asleep on the freeze")
@@ -120,8 +119,8 @@ var _ = Describe("guest-fsfreeze", Label("destructive"), func() {
 			Expect(guest.Backup(ctx, "ext4", filepath.Join(dir, "ext4-frozen.raw"))).To(Succeed())
 			Expect(guest.Backup(ctx, "xfs", filepath.Join(dir, "xfs-frozen.raw"))).To(Succeed())
 
-			By("guest-fsfreeze-thaw thaws both, the console's write completes, and the status is thawed")
-			Expect(fsfreezeCall(ctx, agent, "guest-fsfreeze-thaw")).To(Equal(int64(2)), "guest-fsfreeze-thaw must count the thawed filesystems")
+			By("guest-fsfreeze-thaw thaws them all, the console's write completes, and the status is thawed")
+			Expect(fsfreezeCall(ctx, agent, "guest-fsfreeze-thaw")).To(Equal(int64(len(mounts))), "guest-fsfreeze-thaw must count the thawed filesystems")
 			write.wait(ctx)
 			Expect(con.RunOK(ctx, "cat /mnt/vda/late.txt")).To(Equal("late\n"))
 			Expect(fsfreezeStatus(ctx, agent)).To(Equal("thawed"))
@@ -166,7 +165,7 @@ var _ = Describe("guest-fsfreeze", Label("destructive"), func() {
 
 			By("guest, the control: the unfrozen xfs copy, mounted the same way, has none of them")
 			Expect(mountedCopyChecksums(ctx, guest, 1, filepath.Join(dir, "xfs-unfrozen.raw"), xfsFiles)).To(BeEmpty())
-		}, SpecTimeout(8*time.Minute))
+		}, SpecTimeout(bootTimeout+6*time.Minute))
 
 	It("refuses everything but the allowlist while frozen, also after the agent restarts, and the restarted agent thaws",
 		cmdLabel("guest-fsfreeze-freeze", "guest-fsfreeze-status", "guest-fsfreeze-thaw", "guest-info", "guest-ping", "guest-sync"),
@@ -174,14 +173,13 @@ var _ = Describe("guest-fsfreeze", Label("destructive"), func() {
 			dir := GinkgoT().TempDir()
 			disk := filepath.Join(dir, "ext4.qcow2")
 			Expect(image.CreateExt4Disk(ctx, disk, image.DiskSpec{})).To(Succeed())
-			guest := bootGuest(ctx, withVM(vm.WithDisk(vm.Disk{Path: disk, Node: "ext4"})),
-				withTiny(func(o *image.TinyOptions) { o.Mounts = []string{"vda"} }))
-			ensureThawedOnCleanup(guest, "/mnt/vda")
+			guest := bootGuest(ctx, withVM(vm.WithDisk(vm.Disk{Path: disk, Node: "ext4"})), withMounts("vda"))
 			agent, con := guest.Agent(), guest.Console()
-			Expect(guestBlockMounts(ctx, guest)).To(Equal(map[string]string{"/mnt/vda": "ext4"}))
+			mounts := expectDataMounts(ctx, guest, map[string]string{"/mnt/vda": "ext4"})
+			ensureThawedOnCleanup(guest, slices.Sorted(maps.Keys(mounts))...)
 
-			By("freezing the one filesystem")
-			Expect(fsfreezeCall(ctx, agent, "guest-fsfreeze-freeze")).To(Equal(int64(1)))
+			By(fmt.Sprintf("freezing the guest's %d block-device filesystems", len(mounts)))
+			Expect(fsfreezeCall(ctx, agent, "guest-fsfreeze-freeze")).To(Equal(int64(len(mounts))))
 
 			expectFrozenAgent(ctx, agent)
 
@@ -194,8 +192,8 @@ var _ = Describe("guest-fsfreeze", Label("destructive"), func() {
 			By("the new agent process finds the frozen state the old one left, and behaves the same")
 			expectFrozenAgent(ctx, agent)
 
-			By("guest-fsfreeze-thaw from the new agent thaws it: the count is 1 and the write completes")
-			Expect(fsfreezeCall(ctx, agent, "guest-fsfreeze-thaw")).To(Equal(int64(1)))
+			By(fmt.Sprintf("guest-fsfreeze-thaw from the new agent thaws them: the count is %d and the write completes", len(mounts)))
+			Expect(fsfreezeCall(ctx, agent, "guest-fsfreeze-thaw")).To(Equal(int64(len(mounts))))
 			write.wait(ctx)
 			Expect(con.RunOK(ctx, "cat /mnt/vda/late.txt")).To(Equal("late\n"))
 
@@ -209,7 +207,7 @@ var _ = Describe("guest-fsfreeze", Label("destructive"), func() {
 			var t int64
 			Expect(agent.Call(ctx, "guest-get-time", nil, &t)).To(Succeed())
 			Expect(fsfreezeCall(ctx, agent, "guest-fsfreeze-thaw")).To(BeZero())
-		}, SpecTimeout(6*time.Minute))
+		}, SpecTimeout(bootTimeout+4*time.Minute))
 })
 
 // expectFrozenAgent checks the agent's frozen state from the outside: its status, every
@@ -299,11 +297,11 @@ func fsfreezeStatus(ctx context.Context, agent *qga.Client) string {
 func killAgentAndWaitRestart(ctx context.Context, guest *vm.VM) {
 	GinkgoHelper()
 	mark := guest.SerialMark()
-	_, err := guest.Console().RunOK(ctx, "kill -9 $(pidof agent)")
+	_, err := guest.Console().RunOK(ctx, "kill -9 $(pidof "+agentProcName()+")")
 	Expect(err).NotTo(HaveOccurred())
-	_, err = guest.WaitSerialAfter(ctx, mark, "TINY: agent-exit rc=137")
+	_, err = guest.WaitSerialAfter(ctx, mark, marker(image.EventAgentExit(137)))
 	Expect(err).NotTo(HaveOccurred(), "the agent did not die of SIGKILL")
-	_, err = guest.WaitSerialAfter(ctx, mark, "TINY: agent-start")
+	_, err = guest.WaitSerialAfter(ctx, mark, marker(image.EventAgentStart))
 	Expect(err).NotTo(HaveOccurred())
 	Expect(guest.Agent().SyncUntil(ctx, 2*time.Second)).To(Succeed())
 }
@@ -324,7 +322,7 @@ type blockedWrite struct {
 // verdict: the write must be blocked by the freeze.
 func startBlockedWrite(ctx context.Context, guest *vm.VM, path string) *blockedWrite {
 	GinkgoHelper()
-	tag := "TINY: writer-" + hex.EncodeToString(fsRandomBytes(6))
+	tag := "QGAKIT-SPEC: writer-" + hex.EncodeToString(fsRandomBytes(6))
 	cmd, err := guest.Console().Start(ctx, fmt.Sprintf(`echo late > %s &
 		w=$!
 		while :; do
@@ -380,6 +378,26 @@ func ensureThawedOnCleanup(guest *vm.VM, mounts ...string) {
 			}
 		}
 	}, NodeTimeout(2*time.Minute))
+}
+
+// expectDataMounts checks on the console that the spec's data disks are mounted with these
+// filesystem types (mount point -> type) and that no other data disk is, and returns every
+// block-device filesystem the guest has mounted: the data disks and the image's own (a cloud
+// image's root; the tiny image has none), which is the set an agent must freeze and trim.
+func expectDataMounts(ctx context.Context, guest *vm.VM, want map[string]string) map[string]string {
+	GinkgoHelper()
+	By(fmt.Sprintf("the console sees the data disks mounted as %v among the guest's block-device filesystems", want))
+	mounts := guestBlockMounts(ctx, guest)
+	for mp, typ := range want {
+		Expect(mounts).To(HaveKeyWithValue(mp, typ))
+	}
+	for mp := range mounts {
+		if strings.HasPrefix(mp, "/mnt/") {
+			Expect(want).To(HaveKey(mp), "a data disk the spec did not ask for is mounted")
+		}
+	}
+	fmt.Fprintf(GinkgoWriter, "block-device filesystems in the guest: %v\n", mounts)
+	return mounts
 }
 
 // guestBlockMounts lists, from the console, the mounts of block-device filesystems (device major

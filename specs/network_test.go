@@ -166,7 +166,7 @@ func describeNetwork(g *systemGuest) {
 			}
 
 			By("the console pings slirp's gateway 10.0.2.2 three times")
-			_, err := guest.Console().RunOK(ctx, "ping -c 3 -W 10 10.0.2.2")
+			_, err := guest.Console().RunOK(ctx, "busybox ping -c 3 -W 10 10.0.2.2")
 			Expect(err).NotTo(HaveOccurred())
 
 			after := netStatsBracketed(ctx, guest)

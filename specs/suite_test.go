@@ -3,7 +3,11 @@
 // console shell, the disk images as the host sees them, QEMU's own configuration).
 //
 // Run it with `make e2e` (AGENT=, IMAGE=, LABELS=, PROCS=). Every spec carries
-// Label("cmd:<command>") for the commands it checks.
+// Label("cmd:<command>") for the commands it checks. IMAGE= picks the image profile
+// (harness/image: tiny by default, debian-cloud, url:, file:); the specs see the guest only
+// through the profile's contract (ready and agent markers on ttyS0, a root shell on ttyS1, data
+// disks vda, vdb, ... mounted on /mnt/<name>, the agent's path), and a spec that needs what
+// only one image has skips elsewhere and says what is missing.
 package specs
 
 import (
@@ -32,29 +36,68 @@ func TestSpecs(t *testing.T) {
 
 // suite is what SynchronizedBeforeSuite prepares once and hands to every process.
 type suite struct {
-	Agent string // the agent binary under test, on the host
-	// AgentSHA256 is the digest of Agent when it was injected: a rebuild during the run must not
-	// make the guest's copy look foreign.
+	// Agent is the agent binary under test on the host, or image.AgentFromImage (AGENT=image:
+	// the image's own qemu-ga).
+	Agent string
+	// AgentSHA256 is the digest of Agent when it was prepared: a rebuild during the run must not
+	// make the guest's copy look foreign. Empty for AGENT=image.
 	AgentSHA256 string
-	// Version is the agent's -V line.
+	// Version is the agent's -V line, taken on the host; empty for AGENT=image, whose binary
+	// only the guest has (agentVersionLine asks it there).
 	Version string
 	// Reference is set for a qemu-ga (the reference family), as opposed to qgakit's agent, whose
-	// version always names the project.
+	// version always names the project. AGENT=image is Debian's qemu-ga: the reference.
 	Reference bool
-	ImageDir  string // the built tiny image in the cache
-	Initrd    string // the tiny initramfs with the agent injected
-	TmpDir    string // the suite's scratch dir, removed after the suite
+	// Image is the prepared image: the profile, its boot files and the agent it carries.
+	Image *image.Prepared
+	// Initrd is Image.Initrd (the tiny initramfs with the agent injected), for specs that boot
+	// the tiny kernel by hand.
+	Initrd string
+	TmpDir string // the suite's scratch dir, removed after the suite
 }
 
 var (
-	env   suite
+	env suite
+	// tiny is the tiny image when IMAGE is tiny (nil otherwise), for specs that boot its kernel
+	// by hand instead of through bootGuest.
 	tiny  *image.Tiny
 	seeds = schema.MustLoad()
 )
 
-// agentUnderTest resolves AGENT (default: bin/qga of this checkout, which `make e2e` builds).
+// suiteImage is IMAGE as the spec tree is built. Node timeouts are fixed then, before the
+// suite has prepared anything, so the few that depend on the image read it from here.
+var suiteImage = image.ConfigFromEnv().Image
+
+// suiteOnTiny reports whether the run is on the tiny image (IMAGE empty or tiny).
+func suiteOnTiny() bool { return suiteImage == "" || suiteImage == image.ProfileTiny }
+
+// bootTimeout bounds a boot up to the agent answering, including the save of the default guest
+// that the first restore of a run waits for. A tiny guest gets there in about 5 s under TCG on
+// a quiet machine; a cloud guest (systemd, udev, cloud-init's Python) in 30-40 s quiet and in
+// minutes on a loaded host (image.Guest.BootTimeout says 6), plus the save.
+var bootTimeout = func() time.Duration {
+	if suiteOnTiny() {
+		return 2 * time.Minute
+	}
+	return 8 * time.Minute
+}()
+
+// prepareTimeout bounds SynchronizedBeforeSuite: a tiny image builds in seconds, a debian-cloud
+// one takes minutes (mmdebstrap) when it is not in the cache yet.
+var prepareTimeout = func() time.Duration {
+	if suiteOnTiny() {
+		return 15 * time.Minute
+	}
+	return 60 * time.Minute
+}()
+
+// agentUnderTest resolves AGENT (default: bin/qga of this checkout, which `make e2e` builds);
+// AGENT=image stays the word.
 func agentUnderTest() (string, error) {
 	agent := os.Getenv("AGENT")
+	if agent == image.AgentFromImage {
+		return agent, nil
+	}
 	if agent == "" {
 		agent = filepath.Join("..", "bin", "qga")
 	}
@@ -64,7 +107,7 @@ func agentUnderTest() (string, error) {
 	}
 	st, err := os.Stat(abs)
 	if err != nil {
-		return "", fmt.Errorf("AGENT=%s: %w (run `make agent`, or set AGENT to a qemu-ga binary)", agent, err)
+		return "", fmt.Errorf("AGENT=%s: %w (run `make agent`, or set AGENT to a qemu-ga binary, or to image on a cloud image)", agent, err)
 	}
 	if st.Mode()&0o111 == 0 {
 		return "", fmt.Errorf("AGENT=%s is not executable", agent)
@@ -73,42 +116,45 @@ func agentUnderTest() (string, error) {
 }
 
 var _ = SynchronizedBeforeSuite(func(ctx SpecContext) []byte {
-	if img := os.Getenv("IMAGE"); img != "" && img != "tiny" {
-		Fail(fmt.Sprintf("IMAGE=%s: this suite knows the tiny image only", img))
-	}
 	agent, err := agentUnderTest()
 	Expect(err).NotTo(HaveOccurred())
-
-	By("building the tiny image (cached after the first run)")
-	t, err := image.BuildTiny(ctx, GinkgoWriter)
-	Expect(err).NotTo(HaveOccurred())
-
 	tmp, err := os.MkdirTemp("", "qgakit-suite-")
 	Expect(err).NotTo(HaveOccurred())
-	By("injecting " + agent + " into the initramfs")
-	initrd := filepath.Join(tmp, "initrd-agent")
-	Expect(t.InjectAgent(ctx, agent, initrd)).To(Succeed())
 
-	out, err := exec.CommandContext(ctx, agent, "-V").CombinedOutput()
-	Expect(err).NotTo(HaveOccurred(), "%s -V: %s", agent, out)
-	version := strings.TrimSpace(string(out))
+	s := suite{Agent: agent, TmpDir: tmp, Reference: true}
+	if agent != image.AgentFromImage {
+		// The digest and the version come from the binary as it is now, before Prepare copies
+		// or injects it: the same bytes.
+		s.AgentSHA256 = fileSHA256(agent)
+		out, err := exec.CommandContext(ctx, agent, "-V").CombinedOutput()
+		Expect(err).NotTo(HaveOccurred(), "%s -V: %s", agent, out)
+		s.Version = strings.TrimSpace(string(out))
+		s.Reference = !strings.Contains(s.Version, "qgakit")
+	}
 
-	b, err := json.Marshal(suite{
-		Agent: agent, AgentSHA256: fileSHA256(agent), Version: version,
-		Reference: !strings.Contains(version, "qgakit"),
-		ImageDir:  t.Dir, Initrd: initrd, TmpDir: tmp,
-	})
+	c := image.ConfigFromEnv()
+	c.Agent, c.Dir, c.Progress = agent, filepath.Join(tmp, "image"), GinkgoWriter
+	By(fmt.Sprintf("preparing IMAGE=%s with AGENT=%s (images are cached after the first build)", c.Image, agent))
+	s.Image, err = image.Prepare(ctx, c)
+	Expect(err).NotTo(HaveOccurred())
+	s.Initrd = s.Image.Initrd
+
+	b, err := json.Marshal(s)
 	Expect(err).NotTo(HaveOccurred())
 	return b
-}, func(b []byte) {
+}, func(ctx SpecContext, b []byte) {
 	Expect(json.Unmarshal(b, &env)).To(Succeed())
-	var err error
-	tiny, err = image.LoadTiny(env.ImageDir)
-	Expect(err).NotTo(HaveOccurred())
-	fmt.Fprintf(GinkgoWriter, "agent under test: %s (%s; reference family: %v)\n", env.Agent, env.Version, env.Reference)
+	if env.Image.Profile == image.ProfileTiny {
+		// Prepare put the tiny image's kernel in its cache dir; loading it asks apt nothing.
+		var err error
+		tiny, err = image.LoadTiny(filepath.Dir(env.Image.Kernel))
+		Expect(err).NotTo(HaveOccurred())
+	}
+	fmt.Fprintf(GinkgoWriter, "image %s (%s); agent under test: %s (%s; reference family: %v)\n",
+		env.Image.Profile, env.Image.Image, env.Agent, env.Version, env.Reference)
 	// Every process describes the same machine, so they share one saved state (SaveOnce).
-	defaultTemplate = vm.NewTemplate(filepath.Join(env.TmpDir, "template-default"), tinyVMOptions(guestConfig{})...)
-}, NodeTimeout(15*time.Minute))
+	defaultTemplate = vm.NewTemplate(filepath.Join(env.TmpDir, "template-default"), guestVMOptions(ctx, guestConfig{})...)
+}, NodeTimeout(prepareTimeout))
 
 var _ = SynchronizedAfterSuite(func() {
 	vm.CloseAll()
@@ -118,14 +164,17 @@ var _ = SynchronizedAfterSuite(func() {
 	}
 })
 
-// bootTimeout bounds a boot up to the agent answering. Under TCG that is about 5 s on a quiet
-// machine; parallel processes and a loaded CI host stretch it.
-const bootTimeout = 2 * time.Minute
-
 // guestConfig is what a spec may change about the VM it boots.
 type guestConfig struct {
-	tiny image.TinyOptions
-	vm   []vm.Option
+	// guest are the profile-neutral boot choices (agent arguments, mounts, swap, resume, kernel
+	// arguments).
+	guest image.GuestOptions
+	// vm are options for the machine; the spec's data disks among them come before the
+	// profile's own disks, so they are vda, vdb, ... on every image.
+	vm []vm.Option
+	// persistDir, when set, holds the overlays of the profile's own disks (a cloud image's
+	// root), so that a second QEMU boots the disk the first one left.
+	persistDir string
 	// shaped is set by every option that changes the machine or its boot, which the saved
 	// default state cannot have.
 	shaped bool
@@ -133,7 +182,8 @@ type guestConfig struct {
 }
 
 // defaultTemplate is the default guest (no options) booted once and saved; bootGuest restores
-// it for specs that need nothing else, in about a tenth of a cold boot.
+// it for specs that need nothing else, in a fraction of a cold boot (a tenth for tiny, a
+// twentieth for a cloud image).
 var defaultTemplate *vm.Template
 
 // coldBootAlways makes every guest boot cold (COLDBOOT=1), to rule snapshots out when a spec
@@ -145,7 +195,36 @@ type guestOption func(*guestConfig)
 
 // withAgentArgs starts the agent in the guest with extra command-line arguments.
 func withAgentArgs(args ...string) guestOption {
-	return func(c *guestConfig) { c.tiny.AgentArgs, c.shaped = append(c.tiny.AgentArgs, args...), true }
+	return func(c *guestConfig) { c.guest.AgentArgs, c.shaped = append(c.guest.AgentArgs, args...), true }
+}
+
+// withMounts has the guest mount each of these data disks (vda, vdb, ...) on /mnt/<name>
+// before it reports ready.
+func withMounts(disks ...string) guestOption {
+	return func(c *guestConfig) { c.guest.Mounts, c.shaped = append(c.guest.Mounts, disks...), true }
+}
+
+// withSwap has the guest enable this data disk as swap before it reports ready.
+func withSwap(disk string) guestOption {
+	return func(c *guestConfig) { c.guest.Swap, c.shaped = disk, true }
+}
+
+// withResume has the guest's kernel resume from a hibernation image on this data disk
+// (resume=); it needs a profile that boots its kernel directly.
+func withResume(disk string) guestOption {
+	return func(c *guestConfig) { c.guest.Resume, c.shaped = disk, true }
+}
+
+// withKernelArgs appends kernel arguments (a profile that boots its kernel directly only).
+func withKernelArgs(args ...string) guestOption {
+	return func(c *guestConfig) { c.guest.Extra, c.shaped = append(c.guest.Extra, args...), true }
+}
+
+// withPersistentDisks keeps the overlays of the profile's own disks in dir instead of the VM's
+// temp dir, so that they outlive the VM: the next boot with the same dir boots what the last
+// one left (a resume from hibernation). The tiny profile has no disks of its own.
+func withPersistentDisks(dir string) guestOption {
+	return func(c *guestConfig) { c.persistDir, c.shaped = dir, true }
 }
 
 // withVM passes options to the VM.
@@ -153,25 +232,70 @@ func withVM(opts ...vm.Option) guestOption {
 	return func(c *guestConfig) { c.vm, c.shaped = append(c.vm, opts...), true }
 }
 
-// withTiny changes the tiny image's boot options.
+// withTiny changes the boot options in the tiny image's terms. Deprecated: the profile-neutral
+// options (withMounts, withSwap, withResume, withKernelArgs, withAgentArgs) say the same on
+// every image; this stays for specs not ported yet, and means the same on the others.
 func withTiny(f func(*image.TinyOptions)) guestOption {
-	return func(c *guestConfig) { f(&c.tiny); c.shaped = true }
+	return func(c *guestConfig) {
+		o := image.TinyOptions{AgentArgs: c.guest.AgentArgs, Mounts: c.guest.Mounts, Swap: c.guest.Swap,
+			Resume: c.guest.Resume, Extra: c.guest.Extra}
+		f(&o)
+		c.guest = image.GuestOptions{AgentArgs: o.AgentArgs, Mounts: o.Mounts, Swap: o.Swap, Resume: o.Resume, Extra: o.Extra}
+		c.shaped = true
+	}
 }
 
 // withColdBoot boots the guest from scratch even when the saved default state would do: for
 // specs about what happens at boot.
 func withColdBoot() guestOption { return func(c *guestConfig) { c.cold = true } }
 
-// tinyVMOptions are the VM options of a tiny guest with the agent under test.
-func tinyVMOptions(c guestConfig) []vm.Option {
-	return append([]vm.Option{vm.WithKernel(tiny.Kernel, env.Initrd, tiny.Cmdline(c.tiny))}, c.vm...)
+// guestVMOptions maps the profile's Guest for c onto harness/vm options: the kernel, the
+// profile's memory and CPU, then the spec's options (its data disks first among the disks, and
+// any override of memory), then the profile's own disks (a cloud image's root and seed, found
+// by label in the guest).
+func guestVMOptions(ctx context.Context, c guestConfig) []vm.Option {
+	GinkgoHelper()
+	g, err := env.Image.Guest(ctx, c.guest)
+	Expect(err).NotTo(HaveOccurred(), "IMAGE=%s cannot boot %+v", env.Image.Image, c.guest)
+	var opts []vm.Option
+	if g.Kernel != "" {
+		opts = append(opts, vm.WithKernel(g.Kernel, g.Initrd, g.Cmdline))
+	}
+	if g.MemoryMiB > 0 {
+		opts = append(opts, vm.WithMemory(g.MemoryMiB))
+	}
+	if g.CPU != "" {
+		opts = append(opts, vm.WithCPU(g.CPU))
+	}
+	opts = append(opts, c.vm...)
+	for _, d := range g.Disks {
+		disk := vm.Disk{Path: d.Path, Format: d.Format, Overlay: d.Overlay, ReadOnly: d.ReadOnly, Boot: d.Boot, Node: d.Node}
+		if c.persistDir != "" && d.Overlay {
+			disk = persistentOverlay(ctx, c.persistDir, disk)
+		}
+		opts = append(opts, vm.WithDisk(disk))
+	}
+	return opts
 }
 
-// bootGuest starts a tiny guest with the agent under test, attaches the agent's channel and
-// synchronises with it. A guest without options is restored from the saved default state (the
-// clock set back to the host's by the console, fresh disk overlays); any option, withColdBoot or
-// COLDBOOT=1 boots it cold. The VM is closed (and its artifacts kept when the spec failed) by
-// DeferCleanup.
+// persistentOverlay returns d as a qcow2 overlay in dir (named after its node), creating it on
+// first use, so that every VM booted with the same dir writes the same overlay.
+func persistentOverlay(ctx context.Context, dir string, d vm.Disk) vm.Disk {
+	GinkgoHelper()
+	path := filepath.Join(dir, d.Node+".qcow2")
+	if _, err := os.Stat(path); err != nil {
+		out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-F", d.Format, "-b", d.Path, path).CombinedOutput()
+		Expect(err).NotTo(HaveOccurred(), "qemu-img create an overlay of %s: %s", d.Path, out)
+	}
+	d.Path, d.Format, d.Overlay = path, "qcow2", false
+	return d
+}
+
+// bootGuest starts a guest of the image under test with the agent under test, attaches the
+// agent's channel and synchronises with it. A guest without options is restored from the saved
+// default state (the clock set back to the host's by the console, fresh disk overlays); any
+// option, withColdBoot or COLDBOOT=1 boots it cold. The VM is closed (and its artifacts kept
+// when the spec failed) by DeferCleanup.
 func bootGuest(ctx context.Context, opts ...guestOption) *vm.VM {
 	GinkgoHelper()
 	var c guestConfig
@@ -185,25 +309,54 @@ func bootGuest(ctx context.Context, opts ...guestOption) *vm.VM {
 		Expect(defaultTemplate.SaveOnce(bootCtx, readyToSave)).To(Succeed(), "save the default guest")
 		return defaultTemplate.RestoreT(GinkgoT(), bootCtx, vm.RestoreAgent())
 	}
-	v := vm.StartT(GinkgoT(), bootCtx, tinyVMOptions(c)...)
-	_, err := v.WaitSerial(bootCtx, "TINY: READY")
-	Expect(err).NotTo(HaveOccurred(), "the guest did not reach TINY: READY")
+	By(fmt.Sprintf("booting a %s guest cold", env.Image.Profile))
+	v := vm.StartT(GinkgoT(), bootCtx, guestVMOptions(bootCtx, c)...)
+	_, err := v.WaitSerial(bootCtx, marker(image.EventReady))
+	Expect(err).NotTo(HaveOccurred(), "the guest did not reach %s", marker(image.EventReady))
 	_, err = v.AttachAgent(bootCtx)
 	Expect(err).NotTo(HaveOccurred(), "attach the agent channel")
 	return v
 }
 
-// readyToSave is when a booted default guest may be saved: init is done (late modules
-// included, so a clone never sees them load), and the console shell answers.
+// readyToSave is when a booted default guest may be saved: init is done (the tiny image's late
+// modules loaded, a systemd guest's boot finished), so a clone never spends its time on it, and
+// the console shell answers.
 func readyToSave(ctx context.Context, v *vm.VM) error {
-	for _, line := range []string{"TINY: READY", "TINY: late-modules-loaded"} {
-		if _, err := v.WaitSerial(ctx, line); err != nil {
-			return fmt.Errorf("wait for %q: %w", line, err)
+	if _, err := v.WaitSerial(ctx, marker(image.EventReady)); err != nil {
+		return fmt.Errorf("wait for %q: %w", marker(image.EventReady), err)
+	}
+	if env.Image.Profile == image.ProfileTiny {
+		if _, err := v.WaitSerial(ctx, "TINY: late-modules-loaded"); err != nil {
+			return fmt.Errorf("wait for the late modules: %w", err)
 		}
+	}
+	if err := v.Console().WaitReady(ctx); err != nil {
+		return err
+	}
+	if env.Image.Profile != image.ProfileTiny {
+		// Bounded in the guest, so that a unit that never settles cannot leave the console
+		// busy; "degraded" is as settled as "running".
+		out, _, err := v.Console().Run(ctx, "timeout 180 systemctl is-system-running --wait")
+		if err != nil {
+			return fmt.Errorf("wait for systemd: %w", err)
+		}
+		fmt.Fprintf(GinkgoWriter, "default guest saved with systemd %s", out)
 	}
 	_, err := v.Console().RunOK(ctx, "true")
 	return err
 }
+
+// marker is the ttyS0 line by which the image under test reports event (image.Event*).
+func marker(event string) string { return env.Image.Marker(event) }
+
+// agentPath is the agent's path in the guest, as its process list shows it.
+func agentPath() string { return env.Image.AgentPath() }
+
+// agentProcName is the agent's process name in the guest (pidof's argument).
+func agentProcName() string { return filepath.Base(agentPath()) }
+
+// onImage reports whether the image under test is this profile (image.Profile*).
+func onImage(profile string) bool { return env.Image.Profile == profile }
 
 // cmdLabel is the label every spec of a command carries. It refuses names the schema lacks, so
 // a typo cannot leave a command uncovered while the coverage report counts it.
