@@ -13,8 +13,9 @@
 //	             its message says why. Not a failure.
 //	skip         the spec did not run: filtered out by LABELS, pending, or skipped after a
 //	             --fail-fast stop. Not a failure, but not evidence either.
-//	not run      the run produced no report, or its suite setup failed before any spec ran.
-//	             A failure.
+//	not run      the run produced no report, its suite setup failed before any spec ran, or
+//	             Ginkgo skipped the spec because an earlier spec of its Ordered container (or
+//	             its BeforeAll) failed. A failure.
 //
 // A command that no spec carries a cmd: label for is "no spec" in every column.
 package report
@@ -307,8 +308,13 @@ func resultOf(s types.SpecReport, setupFailed bool, runDir, outDir string) Resul
 		if s.State != types.SpecStateFailed {
 			r.Message = strings.TrimSpace(s.State.String() + ": " + r.Message)
 		}
+	case s.State == types.SpecStateSkipped && consequentialSkip(s.Failure.Message):
+		// Ginkgo skipped it because something before it failed: it is part of that failure.
+		r.State = NotRun
+		r.Message = strings.TrimSpace(s.Failure.Message)
 	case s.State == types.SpecStateSkipped && s.Failure.Message != "":
-		// Skip() called by the spec itself: it does not apply to this agent.
+		// Skip() called by the spec itself (or its BeforeAll/BeforeEach): it does not apply
+		// to this agent.
 		r.State = Unsupported
 		r.Message = strings.TrimSpace(s.Failure.Message)
 		r.Location = location(s.Failure.Location)
@@ -332,6 +338,14 @@ func resultOf(s types.SpecReport, setupFailed bool, runDir, outDir string) Resul
 		}
 	}
 	return r
+}
+
+// consequentialSkip recognises the messages Ginkgo gives the specs it skips after a failure
+// (internal/group.go): the rest of an Ordered container after a failed spec or BeforeAll.
+// Skips with any other message were asked for, by Skip().
+func consequentialSkip(msg string) bool {
+	return strings.HasPrefix(msg, "Spec skipped because an earlier spec in an ordered container failed") ||
+		strings.HasPrefix(msg, "Spec skipped because a BeforeAll node failed")
 }
 
 // summarise folds a command's specs for one run into a cell: a failure (or a spec that did

@@ -368,3 +368,25 @@ func TestSpecsChangedBetweenRuns(t *testing.T) {
 		t.Errorf("guest-ping for a: %+v", c)
 	}
 }
+
+// Ginkgo's own skips after a failure in an Ordered container are part of that failure, not a
+// spec deciding it does not apply; a Skip() in a BeforeAll is.
+func TestOrderedContainerSkips(t *testing.T) {
+	out := t.TempDir()
+	dir := filepath.Join(out, "a")
+	first := failed(it("ordered", "first", 10, types.SpecStateFailed, "cmd:guest-ping"), "boom", 11)
+	first.State = types.SpecStateFailed
+	after := skippedBySpec(it("ordered", "second", 20, types.SpecStateSkipped, "cmd:guest-sync"),
+		"Spec skipped because an earlier spec in an ordered container failed")
+	afterAll := skippedBySpec(it("ordered2", "third", 30, types.SpecStateSkipped, "cmd:guest-info"),
+		"Spec skipped because a BeforeAll node failed")
+	askedFor := skippedBySpec(it("ordered3", "fourth", 40, types.SpecStateSkipped, "cmd:guest-fstrim"),
+		"Spec skipped because Skip() was called in BeforeAll")
+	path := writeReport(t, dir, suiteReport(first, after, afterAll, askedFor))
+	m := Build(commands, []Input{{Run: Run{Agent: "a", Slug: "a", Dir: dir}, ReportFile: path}}, out)
+	for cmd, want := range map[string]State{"guest-sync": NotRun, "guest-info": NotRun, "guest-fstrim": Unsupported} {
+		if got := cellOf(t, m, cmd, 0).State; got != want {
+			t.Errorf("%s: %s, want %s", cmd, got, want)
+		}
+	}
+}
