@@ -50,7 +50,7 @@ var _ = Describe("the agent channel", Ordered, cmdLabel("guest-sync-delimited", 
 		Expect(err).NotTo(HaveOccurred())
 		Expect(guest.Agent().SyncUntil(ctx, 5*time.Second)).To(Succeed())
 		Expect(guest.Agent().Call(ctx, "guest-ping", nil, nil)).To(Succeed())
-	}, SpecTimeout(2*time.Minute))
+	}, NodeTimeout(2*time.Minute))
 
 	It("is hot-unplugged and re-plugged over QMP, and the agent answers every time", func(ctx SpecContext) {
 		for i := range 3 {
@@ -60,7 +60,7 @@ var _ = Describe("the agent channel", Ordered, cmdLabel("guest-sync-delimited", 
 			Expect(err).NotTo(HaveOccurred(), "attach #%d", i)
 			Expect(agent.Call(ctx, "guest-ping", nil, nil)).To(Succeed())
 		}
-	}, SpecTimeout(3*time.Minute))
+	}, NodeTimeout(3*time.Minute))
 
 	It("answers again after the host closes and reopens its end of the channel", func(ctx SpecContext) {
 		agent := guest.Agent()
@@ -70,7 +70,7 @@ var _ = Describe("the agent channel", Ordered, cmdLabel("guest-sync-delimited", 
 			Expect(agent.Call(ctx, "guest-sync", map[string]any{"id": i}, &id)).To(Succeed())
 			Expect(id).To(Equal(int64(i)))
 		}
-	}, SpecTimeout(3*time.Minute))
+	}, NodeTimeout(3*time.Minute))
 })
 
 // agentCmdlines lists, through the console, the command lines of the processes running the

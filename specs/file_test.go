@@ -185,7 +185,7 @@ var _ = Describe("guest-file-*", Ordered, ContinueOnFailure, func() {
 			err = agent.Call(ctx, "guest-file-write", map[string]any{"handle": h, "buf-b64": gfB64(written)}, nil)
 			Expect(err).To(MatchAgentError("GenericError", "failed to write to file: Bad file descriptor"))
 			gfClose(ctx, agent, h)
-		}, SpecTimeout(3*time.Minute))
+		}, NodeTimeout(3*time.Minute))
 
 	It("reads a file of several MiB in chunks with exact eof flags, and seeks with every whence",
 		cmdLabel("guest-file-open", "guest-file-read", "guest-file-seek", "guest-file-write", "guest-file-close"),
@@ -299,7 +299,7 @@ var _ = Describe("guest-file-*", Ordered, ContinueOnFailure, func() {
 			gfClose(ctx, agent, h)
 			Expect(gfConsoleSize(ctx, guest, cp)).To(Equal(size))
 			Expect(gfConsoleSHA256(ctx, guest, cp)).To(Equal(wantSum))
-		}, SpecTimeout(5*time.Minute))
+		}, NodeTimeout(5*time.Minute))
 
 	It("makes written data visible to the console at guest-file-flush, before close",
 		cmdLabel("guest-file-open", "guest-file-write", "guest-file-flush", "guest-file-close"),
@@ -328,7 +328,7 @@ var _ = Describe("guest-file-*", Ordered, ContinueOnFailure, func() {
 			Expect(gfAgentOpenFiles(ctx, guest)).NotTo(ContainElement(path))
 			data, _ = gfConsoleRead(ctx, guest, path)
 			Expect(data).To(Equal(append(append([]byte(nil), first...), second...)))
-		}, SpecTimeout(2*time.Minute))
+		}, NodeTimeout(2*time.Minute))
 
 	It("refuses unknown handles, bad modes, missing files, invalid base64 and counts out of range, changing nothing",
 		cmdLabel("guest-file-open", "guest-file-read", "guest-file-write", "guest-file-seek", "guest-file-flush", "guest-file-close"),
@@ -433,7 +433,7 @@ var _ = Describe("guest-file-*", Ordered, ContinueOnFailure, func() {
 				To(MatchAgentError("GenericError", "Invalid parameter type for 'whence', expected: GuestFileWhence"))
 			Expect(gfSeek(ctx, agent, h, 0, "cur")).To(Equal(gfSeekReply{Position: 10}), "failed seeks do not move")
 			gfClose(ctx, agent, h)
-		}, SpecTimeout(3*time.Minute))
+		}, NodeTimeout(3*time.Minute))
 
 	// Last: it restarts the agent.
 	It("hands out unique, increasing handles, also across an agent restart",
@@ -501,7 +501,7 @@ var _ = Describe("guest-file-*", Ordered, ContinueOnFailure, func() {
 				Expect(gfRead(ctx, agent, h, 4096).data).To(Equal(seed))
 				gfClose(ctx, agent, h)
 			}
-		}, SpecTimeout(3*time.Minute))
+		}, NodeTimeout(3*time.Minute))
 })
 
 // gfModeEntries are DescribeTable's arguments for the open-mode spec: the body, the entry
@@ -510,7 +510,7 @@ func gfModeEntries(body func(SpecContext, string), describe func(string) string)
 	entries := []any{body, describe}
 	for _, mode := range gfModes {
 		entries = append(entries, Entry(nil, cmdLabel("guest-file-open", "guest-file-read", "guest-file-write",
-			"guest-file-seek", "guest-file-flush", "guest-file-close"), SpecTimeout(2*time.Minute), mode))
+			"guest-file-seek", "guest-file-flush", "guest-file-close"), NodeTimeout(2*time.Minute), mode))
 	}
 	return entries
 }

@@ -64,6 +64,10 @@ const hookScript = `#!/bin/sh
 echo "$1" >> /mnt/vda/hook.log
 `
 
+// fsfreezeHookPath is where the console installs the hook. Not in /run: a cloud image's
+// initramfs mounts it noexec, and an agent must not run a hook it cannot execute.
+const fsfreezeHookPath = "/usr/local/sbin/qgakit-fsfreeze-hook"
+
 var _ = Describe("guest-fsfreeze", Label("destructive"), func() {
 	It("freezes ext4 and xfs so that the host's copies are clean and complete, runs the hook around it, and thaws",
 		cmdLabel("guest-fsfreeze-freeze", "guest-fsfreeze-status", "guest-fsfreeze-thaw"), func(ctx SpecContext) {
@@ -78,15 +82,15 @@ var _ = Describe("guest-fsfreeze", Label("destructive"), func() {
 				withVM(vm.WithDisk(vm.Disk{Path: ext4Disk, Node: "ext4"}), vm.WithDisk(vm.Disk{Path: xfsDisk, Node: "xfs"}),
 					vm.WithHotplugPorts(2)),
 				withMounts("vda", "vdb"),
-				withAgentArgs("-F/run/fsfreeze-hook"))
+				withAgentArgs("-F"+fsfreezeHookPath))
 			agent, con := guest.Agent(), guest.Console()
 
 			mounts := expectDataMounts(ctx, guest, map[string]string{"/mnt/vda": "ext4", "/mnt/vdb": "xfs"})
 			ensureThawedOnCleanup(guest, slices.Sorted(maps.Keys(mounts))...)
 
 			By("installing the hook from the console (the agent looks for it at each freeze and thaw), and keeping new writes in the guest's memory")
-			_, err := con.RunOK(ctx, fmt.Sprintf("printf '%%s' %s > /run/fsfreeze-hook && chmod 755 /run/fsfreeze-hook && %s",
-				fsShellQuote(hookScript), holdWritesInMemory))
+			_, err := con.RunOK(ctx, fmt.Sprintf("mkdir -p %[1]s && printf '%%s' %[2]s > %[3]s && chmod 755 %[3]s && %[4]s",
+				filepath.Dir(fsfreezeHookPath), fsShellQuote(hookScript), fsfreezeHookPath, holdWritesInMemory))
 			Expect(err).NotTo(HaveOccurred())
 
 			By("writing new files on both filesystems from the console, without syncing")

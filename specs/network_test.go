@@ -84,7 +84,7 @@ func describeNetwork(g *systemGuest) {
 			By("eth1 has no IPv4 address, and the link-local address made from its MAC")
 			Expect(netFamily(ifaces[2], "ipv4")).To(BeEmpty())
 			Expect(ifaces[2].IPAddresses).To(ContainElement(netIPAddress{netLinkLocal(macs[1]), "ipv6", 64}))
-		}, SpecTimeout(2*time.Minute))
+		}, NodeTimeout(2*time.Minute))
 
 		It("lists addresses the console adds in the next call, alias labels as interfaces of their own, and forgets them once deleted", func(ctx SpecContext) {
 			guest := g.VM
@@ -126,7 +126,7 @@ func describeNetwork(g *systemGuest) {
 			Expect(netNames(ifaces)).To(HaveExactElements("lo", "eth0", "eth1"))
 			Expect(netFind(ifaces, "eth1").IPAddresses).NotTo(ContainElement(HaveField("Address", HavePrefix("198.51.100."))))
 			Expect(netFind(ifaces, "eth1").IPAddresses).NotTo(ContainElement(HaveField("Address", "2001:db8:77::7")))
-		}, SpecTimeout(2*time.Minute))
+		}, NodeTimeout(2*time.Minute))
 
 		It("lists an interface without addresses by name and MAC only, without ip-addresses or statistics", func(ctx SpecContext) {
 			guest := g.VM
@@ -155,7 +155,7 @@ func describeNetwork(g *systemGuest) {
 				Expect(guest.Agent().Call(ctx, "guest-network-get-interfaces", nil, &ifaces)).To(Succeed())
 				return netFind(ifaces, "eth1").IPAddresses
 			}).WithPolling(200 * time.Millisecond).Should(ContainElement(netIPAddress{netLinkLocal(macs[1]), "ipv6", 64}))
-		}, SpecTimeout(2*time.Minute))
+		}, NodeTimeout(2*time.Minute))
 
 		It("reports the statistics /proc/net/dev has before and after the call, and they move with traffic the console makes", func(ctx SpecContext) {
 			guest := g.VM
@@ -176,7 +176,7 @@ func describeNetwork(g *systemGuest) {
 			Expect(after["eth0"].RxPackets - before["eth0"].RxPackets).To(BeNumerically(">=", 3))
 			Expect(after["eth0"].TxBytes - before["eth0"].TxBytes).To(BeNumerically(">=", 3*98))
 			Expect(after["eth0"].RxBytes - before["eth0"].RxBytes).To(BeNumerically(">=", 3*98))
-		}, SpecTimeout(2*time.Minute))
+		}, NodeTimeout(2*time.Minute))
 	})
 }
 

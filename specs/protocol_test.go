@@ -126,7 +126,7 @@ var _ = Describe("the protocol over virtio-serial", Ordered, ContinueOnFailure, 
 			var h int64
 			Expect(json.Unmarshal(last.Return, &h)).To(Succeed())
 			gfClose(ctx, agent, h)
-		}, SpecTimeout(3*time.Minute))
+		}, NodeTimeout(3*time.Minute))
 
 	// The one place where the two agents knowingly answer differently (see
 	// agent/protocol's TestReferenceNestingDeviation): the reference restarts its bracket count
@@ -171,7 +171,7 @@ var _ = Describe("the protocol over virtio-serial", Ordered, ContinueOnFailure, 
 			Expect(replies[2].Err).To(Equal(stray))
 			Expect(gfConsoleExists(ctx, guest, path)).To(BeTrue())
 			gfClose(ctx, agent, decodeInt(replies[1].Return))
-		}, SpecTimeout(2*time.Minute))
+		}, NodeTimeout(2*time.Minute))
 
 	It("drops a request cut by 0xFF without running it, and guest-sync-delimited finds its place after it",
 		cmdLabel("guest-sync-delimited", "guest-file-open"), func(ctx SpecContext) {
@@ -242,7 +242,7 @@ var _ = Describe("the protocol over virtio-serial", Ordered, ContinueOnFailure, 
 			Expect(decodeInt(reply.Return)).To(Equal(int64(7100)))
 			Expect(gfConsoleExists(ctx, guest, done)).To(BeTrue())
 			gfClose(ctx, agent, h)
-		}, SpecTimeout(3*time.Minute))
+		}, NodeTimeout(3*time.Minute))
 
 	It("refuses unknown commands and bad arguments with the reference's errors, echoes the id, and runs nothing",
 		cmdLabel("guest-file-open", "guest-file-read", "guest-file-write", "guest-file-seek", "guest-ping"),
@@ -309,7 +309,7 @@ var _ = Describe("the protocol over virtio-serial", Ordered, ContinueOnFailure, 
 					Expect(gfConsoleExists(ctx, guest, c.path)).To(BeFalse(), "%s was created", c.path)
 				}
 			}
-		}, SpecTimeout(3*time.Minute))
+		}, NodeTimeout(3*time.Minute))
 
 	It("echoes an id of any JSON type in success and error replies, in order when pipelined, and never in parse errors",
 		cmdLabel("guest-file-open", "guest-file-close", "guest-ping"), func(ctx SpecContext) {
@@ -373,7 +373,7 @@ var _ = Describe("the protocol over virtio-serial", Ordered, ContinueOnFailure, 
 			reply, err = agent.ReadReply(ctx)
 			Expect(err).NotTo(HaveOccurred())
 			Expect(reply.ID).To(MatchJSON(`"next"`))
-		}, SpecTimeout(3*time.Minute))
+		}, NodeTimeout(3*time.Minute))
 
 	It("sends a guest-file-read of the 48 MiB cap whole, in one reply that matches the console's sha256",
 		cmdLabel("guest-file-open", "guest-file-read", "guest-file-close"), func(ctx SpecContext) {
@@ -425,7 +425,7 @@ var _ = Describe("the protocol over virtio-serial", Ordered, ContinueOnFailure, 
 			Expect(r.EOF).To(BeTrue())
 			Expect(gfSHA256(r.data)).To(Equal(gfSHA256(big[:midSize])))
 			gfClose(ctx, agent, h)
-		}, SpecTimeout(5*time.Minute))
+		}, NodeTimeout(5*time.Minute))
 
 	It("keeps answering after the host closes its socket in the middle of a large reply",
 		cmdLabel("guest-file-open", "guest-file-read", "guest-sync-delimited", "guest-ping"), func(ctx SpecContext) {
@@ -449,7 +449,7 @@ var _ = Describe("the protocol over virtio-serial", Ordered, ContinueOnFailure, 
 			gfClose(ctx, agent, h2)
 			By("the console shows the same agent process: a host disconnect is no reason to exit")
 			Expect(gfAgentPids(ctx, guest)).To(Equal(pids))
-		}, SpecTimeout(5*time.Minute))
+		}, NodeTimeout(5*time.Minute))
 
 	// Last: it replaces the port (and with the reference, the agent process).
 	It("recovers when its port is hot-unplugged over QMP in the middle of a large reply",
@@ -479,7 +479,7 @@ var _ = Describe("the protocol over virtio-serial", Ordered, ContinueOnFailure, 
 			gfClose(ctx, agent, h2)
 			By("the console shows one agent process, not a stuck one beside a new one")
 			Expect(gfAgentPids(ctx, guest)).To(HaveLen(1))
-		}, SpecTimeout(5*time.Minute))
+		}, NodeTimeout(5*time.Minute))
 })
 
 // protoReadUntilID reads replies up to the one whose id is the JSON string id, and returns the

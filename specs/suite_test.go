@@ -82,6 +82,10 @@ var bootTimeout = func() time.Duration {
 	return 8 * time.Minute
 }()
 
+// An Ordered container whose BeforeAll boots the guest its specs share bounds its specs with
+// NodeTimeout, not SpecTimeout: a spec's timeout also covers the BeforeAll that runs as part of
+// the container's first spec, and a cloud guest's boot takes longer than any of those specs.
+
 // prepareTimeout bounds SynchronizedBeforeSuite: a tiny image builds in seconds, a debian-cloud
 // one takes minutes (mmdebstrap) when it is not in the cache yet.
 var prepareTimeout = func() time.Duration {

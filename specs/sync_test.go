@@ -36,7 +36,7 @@ var _ = Describe("synchronisation and ping", Ordered, func() {
 			Expect(reply.Delimited).To(BeFalse(), "guest-sync must not send the 0xFF sentinel")
 			Expect(decodeInt(reply.Return)).To(Equal(id))
 		}
-	}, SpecTimeout(time.Minute))
+	}, NodeTimeout(time.Minute))
 
 	It("guest-sync-delimited echoes the id after a 0xFF sentinel, also after a 0xFF flush", cmdLabel("guest-sync-delimited"), func(ctx SpecContext) {
 		agent := guest.Agent()
@@ -52,7 +52,7 @@ var _ = Describe("synchronisation and ping", Ordered, func() {
 			Expect(reply.Err).To(BeNil())
 			Expect(decodeInt(reply.Return)).To(Equal(id))
 		}
-	}, SpecTimeout(time.Minute))
+	}, NodeTimeout(time.Minute))
 
 	It("guest-sync checks its argument like the reference", cmdLabel("guest-sync", "guest-sync-delimited"), func(ctx SpecContext) {
 		agent := guest.Agent()
@@ -64,7 +64,7 @@ var _ = Describe("synchronisation and ping", Ordered, func() {
 			err = agent.Call(ctx, cmd, map[string]any{"id": "7"}, nil)
 			Expect(err).To(MatchAgentError("GenericError", "Invalid parameter type for 'id', expected: integer"))
 		}
-	}, SpecTimeout(time.Minute))
+	}, NodeTimeout(time.Minute))
 
 	It("guest-ping answers an empty object and echoes the request's id", cmdLabel("guest-ping"), func(ctx SpecContext) {
 		agent := guest.Agent()
@@ -84,7 +84,7 @@ var _ = Describe("synchronisation and ping", Ordered, func() {
 		By("an argument guest-ping does not take is refused")
 		err := agent.Call(ctx, "guest-ping", map[string]any{"foo": 42}, nil)
 		Expect(err).To(MatchAgentError("GenericError", "Parameter 'foo' is unexpected"))
-	}, SpecTimeout(time.Minute))
+	}, NodeTimeout(time.Minute))
 })
 
 // request renders one request line.

@@ -93,7 +93,7 @@ func describeClock(g *systemGuest) {
 				Expect(t).To(BeNumerically(">=", before.Real.UnixNano()))
 				Expect(t).To(BeNumerically("<", after.Real.UnixNano()+int64(time.Microsecond)))
 			}
-		}, SpecTimeout(2*time.Minute))
+		}, NodeTimeout(2*time.Minute))
 
 		It("guest-set-time without a time sets the system clock from the RTC that QEMU started at -rtc base", cmdLabel("guest-set-time"), func(ctx SpecContext) {
 			guest := g.VM
@@ -122,7 +122,7 @@ func describeClock(g *systemGuest) {
 			sys1 := clockRead(ctx, guest)
 			Expect(rtcQEMU).To(BeTemporally(">=", sys0.Real.Truncate(time.Second).Add(-time.Second)))
 			Expect(rtcQEMU).To(BeTemporally("<=", sys1.Real.Add(time.Second)))
-		}, SpecTimeout(2*time.Minute))
+		}, NodeTimeout(2*time.Minute))
 
 		It("guest-set-time with a time steps the system clock there and writes it to the RTC", cmdLabel("guest-set-time", "guest-get-time"), func(ctx SpecContext) {
 			guest := g.VM
@@ -163,7 +163,7 @@ func describeClock(g *systemGuest) {
 			sys1 := clockRead(ctx, guest)
 			Expect(rtcQEMU).To(BeTemporally(">=", sys0.Real.Truncate(time.Second).Add(-2*time.Second)))
 			Expect(rtcQEMU).To(BeTemporally("<=", sys1.Real.Add(time.Second)))
-		}, SpecTimeout(2*time.Minute))
+		}, NodeTimeout(2*time.Minute))
 
 		It("guest-set-time refuses a time outside 1970..2069 with the reference's text and leaves the clock alone", cmdLabel("guest-set-time"), func(ctx SpecContext) {
 			guest := g.VM
@@ -214,7 +214,7 @@ func describeClock(g *systemGuest) {
 			lo1, hi1 := after.offset()
 			Expect(max(lo0, lo1)).To(BeNumerically("<=", min(hi0, hi1)),
 				"realtime-boottime went from [%d, %d] to [%d, %d]", lo0, hi0, lo1, hi1)
-		}, SpecTimeout(2*time.Minute))
+		}, NodeTimeout(2*time.Minute))
 	})
 }
 

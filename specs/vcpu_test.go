@@ -50,7 +50,7 @@ func describeVCPUs(g *systemGuest) {
 			Expect(guest.Agent().Call(ctx, "guest-get-vcpus", nil, &got)).To(Succeed())
 			// In readdir order, like the reference: the set is what counts.
 			Expect(got).To(ConsistOf(want))
-		}, SpecTimeout(2*time.Minute))
+		}, NodeTimeout(2*time.Minute))
 
 		It("guest-set-vcpus takes cpu1 offline and back online, as the console sees", cmdLabel("guest-set-vcpus", "guest-get-vcpus"), func(ctx SpecContext) {
 			guest := g.VM
@@ -80,7 +80,7 @@ func describeVCPUs(g *systemGuest) {
 			Expect(n).To(Equal(int64(1)))
 			Expect(vcpuConsole(ctx, guest, "cat /sys/devices/system/cpu/cpu1/online")).To(Equal("1"))
 			Expect(vcpuConsole(ctx, guest, "cat /sys/devices/system/cpu/online")).To(Equal("0-1"))
-		}, SpecTimeout(2*time.Minute))
+		}, NodeTimeout(2*time.Minute))
 
 		It("guest-set-vcpus refuses to offline cpu0 or to touch a vCPU that does not exist, with the reference's texts", cmdLabel("guest-set-vcpus"), func(ctx SpecContext) {
 			guest := g.VM
@@ -110,7 +110,7 @@ func describeVCPUs(g *systemGuest) {
 			Expect(agent.Call(ctx, "guest-set-vcpus", map[string]any{"vcpus": []any{}}, &n)).To(Succeed())
 			Expect(n).To(BeZero())
 			Expect(vcpuConsole(ctx, guest, "cat /sys/devices/system/cpu/online")).To(Equal("0-1"))
-		}, SpecTimeout(2*time.Minute))
+		}, NodeTimeout(2*time.Minute))
 
 		It("guest-set-vcpus stops at the first failing element: the count so far when it is not the first, the error when it is", cmdLabel("guest-set-vcpus"), func(ctx SpecContext) {
 			guest := g.VM
@@ -132,7 +132,7 @@ func describeVCPUs(g *systemGuest) {
 			Expect(agent.Call(ctx, "guest-set-vcpus", vcpuArgs(vcpu{0, false, false}, vcpu{1, false, true}), nil)).
 				To(MatchAgentError("GenericError", "logical processor #0 can't be offlined"))
 			Expect(vcpuConsole(ctx, guest, "cat /sys/devices/system/cpu/online")).To(Equal("0-1"))
-		}, SpecTimeout(2*time.Minute))
+		}, NodeTimeout(2*time.Minute))
 
 		It("guest-set-vcpus checks the whole argument before it changes anything, with the reference's texts", cmdLabel("guest-set-vcpus"), func(ctx SpecContext) {
 			guest := g.VM
@@ -158,7 +158,7 @@ func describeVCPUs(g *systemGuest) {
 				Expect(agent.Call(ctx, "guest-set-vcpus", c.args, nil)).To(MatchAgentError("GenericError", c.desc))
 				Expect(vcpuConsole(ctx, guest, "cat /sys/devices/system/cpu/online")).To(Equal("0-1"))
 			}
-		}, SpecTimeout(2*time.Minute))
+		}, NodeTimeout(2*time.Minute))
 	})
 }
 
