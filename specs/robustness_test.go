@@ -75,7 +75,7 @@ var _ = Describe("robustness", Ordered, Label("robustness"), func() {
 			Expect(string(got)).To(Equal(acked.String()))
 			By("the console sees the same agent process: a host hanging up is no reason to exit")
 			Expect(gfAgentPids(ctx, guest)).To(Equal(pids))
-		}, SpecTimeout(6*time.Minute))
+		}, NodeTimeout(6*time.Minute))
 
 	It("keeps the handle whose read reply the host hung up on halfway: the read happened, and its bytes read again",
 		cmdLabel("guest-file-open", "guest-file-read", "guest-file-seek", "guest-file-close", "guest-sync-delimited"),
@@ -111,7 +111,7 @@ var _ = Describe("robustness", Ordered, Label("robustness"), func() {
 			Expect(gfSHA256(r.data)).To(Equal(robustConsoleRangeSHA256(ctx, guest, path, 0, 1<<20)))
 			gfClose(ctx, agent, h)
 			Expect(gfAgentPids(ctx, guest)).To(Equal(pids), "the same agent process")
-		}, SpecTimeout(6*time.Minute))
+		}, NodeTimeout(6*time.Minute))
 
 	It("runs no part of a request whose port is hot-unplugged while the request is arriving, and answers on the re-plugged port",
 		cmdLabel("guest-file-open", "guest-file-write", "guest-file-close", "guest-sync-delimited", "guest-ping"),
@@ -155,7 +155,7 @@ var _ = Describe("robustness", Ordered, Label("robustness"), func() {
 			got, _ = gfConsoleRead(ctx, guest, path)
 			Expect(string(got)).To(Equal("before\nafter\n"))
 			Expect(gfAgentPids(ctx, guest)).To(HaveLen(1))
-		}, SpecTimeout(5*time.Minute))
+		}, NodeTimeout(5*time.Minute))
 
 	It("keeps exactly the acknowledged bytes when killed in the middle of a guest-file-write stream; the reference loses its stdio buffer",
 		cmdLabel("guest-file-open", "guest-file-write", "guest-sync-delimited"), func(ctx SpecContext) {
@@ -187,7 +187,7 @@ var _ = Describe("robustness", Ordered, Label("robustness"), func() {
 			By("the handle died with the process")
 			err := agent.Call(ctx, "guest-file-write", map[string]any{"handle": h, "buf-b64": gfB64([]byte("x"))}, nil)
 			Expect(err).To(MatchAgentError("GenericError", fmt.Sprintf("handle '%d' has not been found", h)))
-		}, SpecTimeout(4*time.Minute))
+		}, NodeTimeout(4*time.Minute))
 
 	It("stays frozen through an ignored SIGTERM and a SIGKILL restart, refuses all but the allowlist, and thaws; a port unplugged while frozen thaws on the way out",
 		Label("destructive"), cmdLabel("guest-fsfreeze-freeze", "guest-fsfreeze-status", "guest-fsfreeze-thaw",
@@ -239,7 +239,7 @@ var _ = Describe("robustness", Ordered, Label("robustness"), func() {
 			out, err := guest.Console().RunOK(wctx, "echo free > /mnt/vda/free.txt && cat /mnt/vda/free.txt")
 			Expect(err).NotTo(HaveOccurred(), "the write blocked: the filesystem is still frozen")
 			Expect(out).To(Equal("free\n"))
-		}, SpecTimeout(6*time.Minute))
+		}, NodeTimeout(6*time.Minute))
 })
 
 // robustFileOffsets are the offsets (from /proc/PID/fdinfo) of the agent's open descriptors
