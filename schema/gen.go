@@ -1,6 +1,16 @@
 //go:build ignore
 
 // gen.go writes zz_generated.go from qapi-schema.json: `go generate ./schema`.
+//
+// The generator imports package schema, so it runs only while zz_generated.go compiles. Should
+// it not (after a change to what Generate writes), replace it with the empty table
+//
+//	package schema
+//
+//	var commands []*Command
+//	var types []*Type
+//
+// and generate again.
 package main
 
 import (

@@ -107,11 +107,15 @@ var (
 	loadErr  error
 )
 
-// Load returns the agent schema, built on first use from the generated table.
+// Load returns the agent schema, built on first use from the generated table
+// (zz_generated.go).
 func Load() (*Schema, error) {
 	loadOnce.Do(func() {
-		commands, types := table()
-		loaded, loadErr = New(commands, types)
+		byName := make(map[string]*Type, len(types)+len(Builtins))
+		for _, t := range types {
+			byName[t.Name] = t
+		}
+		loaded, loadErr = New(commands, byName)
 	})
 	return loaded, loadErr
 }

@@ -2,49 +2,48 @@
 
 package schema
 
-// table is the agent schema as schemagen.Parse reads qapi-schema.json.
-func table() ([]*Command, map[string]*Type) {
-	commands := []*Command{
-		{Name: "guest-sync-delimited", Args: []Member{{Name: "id", Type: TypeRef{Name: "int"}}}, Returns: &TypeRef{Name: "int"}, SuccessResponse: true},
-		{Name: "guest-sync", Args: []Member{{Name: "id", Type: TypeRef{Name: "int"}}}, Returns: &TypeRef{Name: "int"}, SuccessResponse: true},
-		{Name: "guest-ping", SuccessResponse: true},
-		{Name: "guest-get-time", Returns: &TypeRef{Name: "int"}, SuccessResponse: true},
-		{Name: "guest-set-time", Args: []Member{{Name: "time", Type: TypeRef{Name: "int"}, Optional: true}}, SuccessResponse: true},
-		{Name: "guest-info", Returns: &TypeRef{Name: "GuestAgentInfo"}, SuccessResponse: true},
-		{Name: "guest-shutdown", Args: []Member{{Name: "mode", Type: TypeRef{Name: "str"}, Optional: true}}, SuccessResponse: false},
-		{Name: "guest-file-open", Args: []Member{{Name: "path", Type: TypeRef{Name: "str"}}, {Name: "mode", Type: TypeRef{Name: "str"}, Optional: true}}, Returns: &TypeRef{Name: "int"}, SuccessResponse: true},
-		{Name: "guest-file-close", Args: []Member{{Name: "handle", Type: TypeRef{Name: "int"}}}, SuccessResponse: true},
-		{Name: "guest-file-read", Args: []Member{{Name: "handle", Type: TypeRef{Name: "int"}}, {Name: "count", Type: TypeRef{Name: "int"}, Optional: true}}, Returns: &TypeRef{Name: "GuestFileRead"}, SuccessResponse: true},
-		{Name: "guest-file-write", Args: []Member{{Name: "handle", Type: TypeRef{Name: "int"}}, {Name: "buf-b64", Type: TypeRef{Name: "str"}}, {Name: "count", Type: TypeRef{Name: "int"}, Optional: true}}, Returns: &TypeRef{Name: "GuestFileWrite"}, SuccessResponse: true},
-		{Name: "guest-file-seek", Args: []Member{{Name: "handle", Type: TypeRef{Name: "int"}}, {Name: "offset", Type: TypeRef{Name: "int"}}, {Name: "whence", Type: TypeRef{Name: "GuestFileWhence"}}}, Returns: &TypeRef{Name: "GuestFileSeek"}, SuccessResponse: true},
-		{Name: "guest-file-flush", Args: []Member{{Name: "handle", Type: TypeRef{Name: "int"}}}, SuccessResponse: true},
-		{Name: "guest-fsfreeze-status", Returns: &TypeRef{Name: "GuestFsfreezeStatus"}, SuccessResponse: true},
-		{Name: "guest-fsfreeze-freeze", Returns: &TypeRef{Name: "int"}, SuccessResponse: true},
-		{Name: "guest-fsfreeze-thaw", Returns: &TypeRef{Name: "int"}, SuccessResponse: true},
-		{Name: "guest-fstrim", Args: []Member{{Name: "minimum", Type: TypeRef{Name: "int"}, Optional: true}}, Returns: &TypeRef{Name: "GuestFilesystemTrimResponse"}, SuccessResponse: true},
-		{Name: "guest-suspend-disk", SuccessResponse: false},
-		{Name: "guest-suspend-ram", SuccessResponse: false},
-		{Name: "guest-suspend-hybrid", SuccessResponse: false},
-		{Name: "guest-network-get-interfaces", Returns: &TypeRef{Name: "GuestNetworkInterface", List: true}, SuccessResponse: true},
-		{Name: "guest-get-vcpus", Returns: &TypeRef{Name: "GuestLogicalProcessor", List: true}, SuccessResponse: true},
-		{Name: "guest-set-vcpus", Args: []Member{{Name: "vcpus", Type: TypeRef{Name: "GuestLogicalProcessor", List: true}}}, Returns: &TypeRef{Name: "int"}, SuccessResponse: true},
-	}
-	types := map[string]*Type{
-		"GuestAgentCommandInfo":       {Name: "GuestAgentCommandInfo", Kind: Struct, Members: []Member{{Name: "name", Type: TypeRef{Name: "str"}}, {Name: "enabled", Type: TypeRef{Name: "bool"}}, {Name: "success-response", Type: TypeRef{Name: "bool"}}}},
-		"GuestAgentInfo":              {Name: "GuestAgentInfo", Kind: Struct, Members: []Member{{Name: "version", Type: TypeRef{Name: "str"}}, {Name: "supported_commands", Type: TypeRef{Name: "GuestAgentCommandInfo", List: true}}}},
-		"GuestFileRead":               {Name: "GuestFileRead", Kind: Struct, Members: []Member{{Name: "count", Type: TypeRef{Name: "int"}}, {Name: "buf-b64", Type: TypeRef{Name: "str"}}, {Name: "eof", Type: TypeRef{Name: "bool"}}}},
-		"GuestFileSeek":               {Name: "GuestFileSeek", Kind: Struct, Members: []Member{{Name: "position", Type: TypeRef{Name: "int"}}, {Name: "eof", Type: TypeRef{Name: "bool"}}}},
-		"GuestFileWhence":             {Name: "GuestFileWhence", Kind: Alternate, Alternatives: []Alternative{{Name: "value", Type: TypeRef{Name: "int"}}, {Name: "name", Type: TypeRef{Name: "QGASeek"}}}},
-		"GuestFileWrite":              {Name: "GuestFileWrite", Kind: Struct, Members: []Member{{Name: "count", Type: TypeRef{Name: "int"}}, {Name: "eof", Type: TypeRef{Name: "bool"}}}},
-		"GuestFilesystemTrimResponse": {Name: "GuestFilesystemTrimResponse", Kind: Struct, Members: []Member{{Name: "paths", Type: TypeRef{Name: "GuestFilesystemTrimResult", List: true}}}},
-		"GuestFilesystemTrimResult":   {Name: "GuestFilesystemTrimResult", Kind: Struct, Members: []Member{{Name: "path", Type: TypeRef{Name: "str"}}, {Name: "trimmed", Type: TypeRef{Name: "int"}, Optional: true}, {Name: "minimum", Type: TypeRef{Name: "int"}, Optional: true}, {Name: "error", Type: TypeRef{Name: "str"}, Optional: true}}},
-		"GuestFsfreezeStatus":         {Name: "GuestFsfreezeStatus", Kind: Enum, Values: []string{"thawed", "frozen"}},
-		"GuestIpAddress":              {Name: "GuestIpAddress", Kind: Struct, Members: []Member{{Name: "ip-address", Type: TypeRef{Name: "str"}}, {Name: "ip-address-type", Type: TypeRef{Name: "GuestIpAddressType"}}, {Name: "prefix", Type: TypeRef{Name: "int"}}}},
-		"GuestIpAddressType":          {Name: "GuestIpAddressType", Kind: Enum, Values: []string{"ipv4", "ipv6"}},
-		"GuestLogicalProcessor":       {Name: "GuestLogicalProcessor", Kind: Struct, Members: []Member{{Name: "logical-id", Type: TypeRef{Name: "int"}}, {Name: "online", Type: TypeRef{Name: "bool"}}, {Name: "can-offline", Type: TypeRef{Name: "bool"}, Optional: true}}},
-		"GuestNetworkInterface":       {Name: "GuestNetworkInterface", Kind: Struct, Members: []Member{{Name: "name", Type: TypeRef{Name: "str"}}, {Name: "hardware-address", Type: TypeRef{Name: "str"}, Optional: true}, {Name: "ip-addresses", Type: TypeRef{Name: "GuestIpAddress", List: true}, Optional: true}, {Name: "statistics", Type: TypeRef{Name: "GuestNetworkInterfaceStat"}, Optional: true}}},
-		"GuestNetworkInterfaceStat":   {Name: "GuestNetworkInterfaceStat", Kind: Struct, Members: []Member{{Name: "rx-bytes", Type: TypeRef{Name: "uint64"}}, {Name: "rx-packets", Type: TypeRef{Name: "uint64"}}, {Name: "rx-errs", Type: TypeRef{Name: "uint64"}}, {Name: "rx-dropped", Type: TypeRef{Name: "uint64"}}, {Name: "tx-bytes", Type: TypeRef{Name: "uint64"}}, {Name: "tx-packets", Type: TypeRef{Name: "uint64"}}, {Name: "tx-errs", Type: TypeRef{Name: "uint64"}}, {Name: "tx-dropped", Type: TypeRef{Name: "uint64"}}}},
-		"QGASeek":                     {Name: "QGASeek", Kind: Enum, Values: []string{"set", "cur", "end"}},
-	}
-	return commands, types
+// commands are the commands of qapi-schema.json in schema order.
+var commands = []*Command{
+	{Name: "guest-sync-delimited", Args: []Member{{Name: "id", Type: TypeRef{Name: "int"}}}, Returns: &TypeRef{Name: "int"}, SuccessResponse: true},
+	{Name: "guest-sync", Args: []Member{{Name: "id", Type: TypeRef{Name: "int"}}}, Returns: &TypeRef{Name: "int"}, SuccessResponse: true},
+	{Name: "guest-ping", SuccessResponse: true},
+	{Name: "guest-get-time", Returns: &TypeRef{Name: "int"}, SuccessResponse: true},
+	{Name: "guest-set-time", Args: []Member{{Name: "time", Type: TypeRef{Name: "int"}, Optional: true}}, SuccessResponse: true},
+	{Name: "guest-info", Returns: &TypeRef{Name: "GuestAgentInfo"}, SuccessResponse: true},
+	{Name: "guest-shutdown", Args: []Member{{Name: "mode", Type: TypeRef{Name: "str"}, Optional: true}}, SuccessResponse: false},
+	{Name: "guest-file-open", Args: []Member{{Name: "path", Type: TypeRef{Name: "str"}}, {Name: "mode", Type: TypeRef{Name: "str"}, Optional: true}}, Returns: &TypeRef{Name: "int"}, SuccessResponse: true},
+	{Name: "guest-file-close", Args: []Member{{Name: "handle", Type: TypeRef{Name: "int"}}}, SuccessResponse: true},
+	{Name: "guest-file-read", Args: []Member{{Name: "handle", Type: TypeRef{Name: "int"}}, {Name: "count", Type: TypeRef{Name: "int"}, Optional: true}}, Returns: &TypeRef{Name: "GuestFileRead"}, SuccessResponse: true},
+	{Name: "guest-file-write", Args: []Member{{Name: "handle", Type: TypeRef{Name: "int"}}, {Name: "buf-b64", Type: TypeRef{Name: "str"}}, {Name: "count", Type: TypeRef{Name: "int"}, Optional: true}}, Returns: &TypeRef{Name: "GuestFileWrite"}, SuccessResponse: true},
+	{Name: "guest-file-seek", Args: []Member{{Name: "handle", Type: TypeRef{Name: "int"}}, {Name: "offset", Type: TypeRef{Name: "int"}}, {Name: "whence", Type: TypeRef{Name: "GuestFileWhence"}}}, Returns: &TypeRef{Name: "GuestFileSeek"}, SuccessResponse: true},
+	{Name: "guest-file-flush", Args: []Member{{Name: "handle", Type: TypeRef{Name: "int"}}}, SuccessResponse: true},
+	{Name: "guest-fsfreeze-status", Returns: &TypeRef{Name: "GuestFsfreezeStatus"}, SuccessResponse: true},
+	{Name: "guest-fsfreeze-freeze", Returns: &TypeRef{Name: "int"}, SuccessResponse: true},
+	{Name: "guest-fsfreeze-thaw", Returns: &TypeRef{Name: "int"}, SuccessResponse: true},
+	{Name: "guest-fstrim", Args: []Member{{Name: "minimum", Type: TypeRef{Name: "int"}, Optional: true}}, Returns: &TypeRef{Name: "GuestFilesystemTrimResponse"}, SuccessResponse: true},
+	{Name: "guest-suspend-disk", SuccessResponse: false},
+	{Name: "guest-suspend-ram", SuccessResponse: false},
+	{Name: "guest-suspend-hybrid", SuccessResponse: false},
+	{Name: "guest-network-get-interfaces", Returns: &TypeRef{Name: "GuestNetworkInterface", List: true}, SuccessResponse: true},
+	{Name: "guest-get-vcpus", Returns: &TypeRef{Name: "GuestLogicalProcessor", List: true}, SuccessResponse: true},
+	{Name: "guest-set-vcpus", Args: []Member{{Name: "vcpus", Type: TypeRef{Name: "GuestLogicalProcessor", List: true}}}, Returns: &TypeRef{Name: "int"}, SuccessResponse: true},
+}
+
+// types are the named types of qapi-schema.json, sorted by name.
+var types = []*Type{
+	{Name: "GuestAgentCommandInfo", Kind: Struct, Members: []Member{{Name: "name", Type: TypeRef{Name: "str"}}, {Name: "enabled", Type: TypeRef{Name: "bool"}}, {Name: "success-response", Type: TypeRef{Name: "bool"}}}},
+	{Name: "GuestAgentInfo", Kind: Struct, Members: []Member{{Name: "version", Type: TypeRef{Name: "str"}}, {Name: "supported_commands", Type: TypeRef{Name: "GuestAgentCommandInfo", List: true}}}},
+	{Name: "GuestFileRead", Kind: Struct, Members: []Member{{Name: "count", Type: TypeRef{Name: "int"}}, {Name: "buf-b64", Type: TypeRef{Name: "str"}}, {Name: "eof", Type: TypeRef{Name: "bool"}}}},
+	{Name: "GuestFileSeek", Kind: Struct, Members: []Member{{Name: "position", Type: TypeRef{Name: "int"}}, {Name: "eof", Type: TypeRef{Name: "bool"}}}},
+	{Name: "GuestFileWhence", Kind: Alternate, Alternatives: []Alternative{{Name: "value", Type: TypeRef{Name: "int"}}, {Name: "name", Type: TypeRef{Name: "QGASeek"}}}},
+	{Name: "GuestFileWrite", Kind: Struct, Members: []Member{{Name: "count", Type: TypeRef{Name: "int"}}, {Name: "eof", Type: TypeRef{Name: "bool"}}}},
+	{Name: "GuestFilesystemTrimResponse", Kind: Struct, Members: []Member{{Name: "paths", Type: TypeRef{Name: "GuestFilesystemTrimResult", List: true}}}},
+	{Name: "GuestFilesystemTrimResult", Kind: Struct, Members: []Member{{Name: "path", Type: TypeRef{Name: "str"}}, {Name: "trimmed", Type: TypeRef{Name: "int"}, Optional: true}, {Name: "minimum", Type: TypeRef{Name: "int"}, Optional: true}, {Name: "error", Type: TypeRef{Name: "str"}, Optional: true}}},
+	{Name: "GuestFsfreezeStatus", Kind: Enum, Values: []string{"thawed", "frozen"}},
+	{Name: "GuestIpAddress", Kind: Struct, Members: []Member{{Name: "ip-address", Type: TypeRef{Name: "str"}}, {Name: "ip-address-type", Type: TypeRef{Name: "GuestIpAddressType"}}, {Name: "prefix", Type: TypeRef{Name: "int"}}}},
+	{Name: "GuestIpAddressType", Kind: Enum, Values: []string{"ipv4", "ipv6"}},
+	{Name: "GuestLogicalProcessor", Kind: Struct, Members: []Member{{Name: "logical-id", Type: TypeRef{Name: "int"}}, {Name: "online", Type: TypeRef{Name: "bool"}}, {Name: "can-offline", Type: TypeRef{Name: "bool"}, Optional: true}}},
+	{Name: "GuestNetworkInterface", Kind: Struct, Members: []Member{{Name: "name", Type: TypeRef{Name: "str"}}, {Name: "hardware-address", Type: TypeRef{Name: "str"}, Optional: true}, {Name: "ip-addresses", Type: TypeRef{Name: "GuestIpAddress", List: true}, Optional: true}, {Name: "statistics", Type: TypeRef{Name: "GuestNetworkInterfaceStat"}, Optional: true}}},
+	{Name: "GuestNetworkInterfaceStat", Kind: Struct, Members: []Member{{Name: "rx-bytes", Type: TypeRef{Name: "uint64"}}, {Name: "rx-packets", Type: TypeRef{Name: "uint64"}}, {Name: "rx-errs", Type: TypeRef{Name: "uint64"}}, {Name: "rx-dropped", Type: TypeRef{Name: "uint64"}}, {Name: "tx-bytes", Type: TypeRef{Name: "uint64"}}, {Name: "tx-packets", Type: TypeRef{Name: "uint64"}}, {Name: "tx-errs", Type: TypeRef{Name: "uint64"}}, {Name: "tx-dropped", Type: TypeRef{Name: "uint64"}}}},
+	{Name: "QGASeek", Kind: Enum, Values: []string{"set", "cur", "end"}},
 }
