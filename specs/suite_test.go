@@ -236,9 +236,9 @@ func withVM(opts ...vm.Option) guestOption {
 	return func(c *guestConfig) { c.vm, c.shaped = append(c.vm, opts...), true }
 }
 
-// withTiny changes the boot options in the tiny image's terms. Deprecated: the profile-neutral
-// options (withMounts, withSwap, withResume, withKernelArgs, withAgentArgs) say the same on
-// every image; this stays for specs not ported yet, and means the same on the others.
+// withTiny changes the boot options in the tiny image's terms, for specs written before the
+// profile-neutral options (withMounts, withSwap, withResume, withKernelArgs, withAgentArgs),
+// which say the same on every image; the fields mean the same on the others.
 func withTiny(f func(*image.TinyOptions)) guestOption {
 	return func(c *guestConfig) {
 		o := image.TinyOptions{AgentArgs: c.guest.AgentArgs, Mounts: c.guest.Mounts, Swap: c.guest.Swap,
