@@ -120,7 +120,7 @@ for ((run = 1; run <= runs; run++)); do
 	# Not a leak, but worth knowing: the signal did not stop the run.
 	note=""
 	[ -n "$toolchain" ] && note=" (an interrupted go build left its work dir: $toolchain)"
-	if grep -qa "^Test Suite Passed" "$log"; then
+	if grep -qa "SUCCESS!" "$log" && ! grep -qa "Interrupted" "$log"; then
 		note="$note (the signal did not stop it: the suite ran to its end)"
 		not_stopped=$((not_stopped + 1))
 	fi
