@@ -10,7 +10,8 @@ import (
 // Legend explains the states; both renderings print it.
 const Legend = "pass: every spec that ran passed · fail: at least one spec failed · " +
 	"unsupported: the specs that ran called Skip() because they do not apply to this agent (the reason is listed) · " +
-	"skip: not run (filtered out by LABELS, or pending) · not run: no report, or the suite setup failed · " +
+	"skip: not run (filtered out by LABELS, or pending) · not run: no report, the suite setup failed, " +
+	"or Ginkgo skipped it after a failure earlier in its Ordered container · " +
 	"no spec: no spec carries cmd:<command>"
 
 // CellText is a cell for a terminal and for GitHub: the state, and the counts that matter.
