@@ -319,7 +319,27 @@ func bootGuest(ctx context.Context, opts ...guestOption) *vm.VM {
 	Expect(err).NotTo(HaveOccurred(), "the guest did not reach %s", marker(image.EventReady))
 	_, err = v.AttachAgent(bootCtx)
 	Expect(err).NotTo(HaveOccurred(), "attach the agent channel")
+	// A restored guest was saved with its boot finished; a cold one must be there too before
+	// the spec starts (on debian-cloud, the reference's guest-shutdown fails while logind is
+	// not up yet).
+	Expect(waitBootFinished(bootCtx, v)).To(Succeed())
 	return v
+}
+
+// waitBootFinished waits, on the console, until the guest's init has nothing left to start:
+// at once on the tiny image (its /init is done at the ready marker), until systemd says
+// running or degraded on a cloud image. It is bounded in the guest, so that a unit that never
+// settles cannot leave the console busy.
+func waitBootFinished(ctx context.Context, v *vm.VM) error {
+	if env.Image.Profile == image.ProfileTiny {
+		return nil
+	}
+	out, _, err := v.Console().Run(ctx, "timeout 180 systemctl is-system-running --wait")
+	if err != nil {
+		return fmt.Errorf("wait for systemd to finish the boot: %w", err)
+	}
+	fmt.Fprintf(GinkgoWriter, "systemd: %s", out)
+	return nil
 }
 
 // readyToSave is when a booted default guest may be saved: init is done (the tiny image's late
@@ -337,14 +357,8 @@ func readyToSave(ctx context.Context, v *vm.VM) error {
 	if err := v.Console().WaitReady(ctx); err != nil {
 		return err
 	}
-	if env.Image.Profile != image.ProfileTiny {
-		// Bounded in the guest, so that a unit that never settles cannot leave the console
-		// busy; "degraded" is as settled as "running".
-		out, _, err := v.Console().Run(ctx, "timeout 180 systemctl is-system-running --wait")
-		if err != nil {
-			return fmt.Errorf("wait for systemd: %w", err)
-		}
-		fmt.Fprintf(GinkgoWriter, "default guest saved with systemd %s", out)
+	if err := waitBootFinished(ctx, v); err != nil {
+		return err
 	}
 	_, err := v.Console().RunOK(ctx, "true")
 	return err
