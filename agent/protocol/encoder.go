@@ -23,6 +23,14 @@ import (
 // the writer, and AppendValue appends the same text in one go.
 type Base64 []byte
 
+// Releaser is a reply value that holds memory outside the Go heap, such as the mapped buffer
+// of a large guest-file-read: whoever writes the reply calls Release once it is written (the
+// server does), and the value must not be used after that. A Releaser that is never released
+// keeps its memory until the process exits.
+type Releaser interface {
+	Release()
+}
+
 // MarshalJSON encodes b as AppendValue does; a nil Base64 is "", never null.
 func (b Base64) MarshalJSON() ([]byte, error) {
 	return AppendValue(nil, b), nil
