@@ -3,7 +3,7 @@ package commands
 import (
 	"context"
 	"errors"
-	"slices"
+	"fmt"
 	"strings"
 	"sync"
 
@@ -87,7 +87,12 @@ type fileRead struct {
 	Count  int64           `json:"count"`
 	BufB64 protocol.Base64 `json:"buf-b64"`
 	EOF    bool            `json:"eof"`
+	mem    *readBuffer     // what BufB64 lies in, for a large read
 }
+
+// Release gives a large read's buffer back to the kernel once its reply is written (the
+// server calls it: fileRead is a protocol.Releaser); BufB64 is unusable after.
+func (r fileRead) Release() { r.mem.Release() }
 
 type fileWrite struct {
 	Count int64 `json:"count"`
@@ -235,8 +240,9 @@ func (ft *fileTable) close(h int64) error {
 	return nil
 }
 
-// smallRead is the largest count that gets its buffer at once; a larger read starts from what
-// the file can give (readHint) and grows while it fills.
+// smallRead is the largest count whose buffer comes from the Go heap, at the size of the count.
+// A larger read maps its buffer (readBuffer), starting from what the file can give (readHint)
+// and growing it while it fills.
 const smallRead = 64 << 10
 
 func (ft *fileTable) read(h, count int64, hasCount bool) (any, error) {
@@ -254,40 +260,100 @@ func (ft *fileTable) read(h, count int64, hasCount bool) (any, error) {
 		f.state = rwNew // the reference flushes here; nothing is buffered
 	}
 
-	// The buffer is the reply's: it goes out base64-encoded as the server writes the reply,
-	// and is garbage once it is sent. It is sized to what the file holds, so that a 48 MiB
-	// count on a small file costs a small buffer, and is not pooled, so that a host copying a
-	// file out in 48 MiB pieces does not leave the agent holding 48 MiB for good.
-	size := count
-	if count > smallRead {
-		size = min(count, readHint(f.fd))
+	var buf []byte
+	var mb *readBuffer
+	if count <= smallRead {
+		buf = make([]byte, count)
+	} else {
+		if mb, err = mapReadBuffer(min(count, readHint(f.fd))); err != nil {
+			return nil, protocol.Errorf("failed to read file: %s", strerror(err))
+		}
+		buf = mb.mem
 	}
-	buf := make([]byte, size)
-	n, eof := 0, false
+	n, eof, err := readInto(f.fd, buf, count, mb)
+	if err != nil {
+		mb.Release()
+		return nil, err
+	}
+	f.state = rwReading
+	if mb != nil {
+		buf = mb.mem
+	}
+	return fileRead{Count: int64(n), BufB64: buf[:n], EOF: eof, mem: mb}, nil
+}
+
+// readInto reads up to count bytes into buf, growing it through mb when it fills before
+// count (only a mapped buffer grows). It stops at the end of the file (eof) or, once it has
+// some bytes, when a pipe is drained.
+func readInto(fd int, buf []byte, count int64, mb *readBuffer) (n int, eof bool, err error) {
 	for int64(n) < count {
 		if n == len(buf) {
-			// The file held more than it said (it grew, or it is a pipe or a /proc file).
-			grown := min(count, max(2*int64(n), smallRead))
-			buf = slices.Grow(buf, int(grown)-n)[:grown]
+			// The file held more than it said: it grew, or it is a pipe or a /proc file.
+			if err := mb.grow(int(min(count, max(2*int64(n), smallRead)))); err != nil {
+				return 0, false, protocol.Errorf("failed to read file: %s", strerror(err))
+			}
+			buf = mb.mem
 		}
-		r, err := unix.Read(f.fd, buf[n:])
+		r, err := unix.Read(fd, buf[n:])
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
 			if n > 0 && err == unix.EAGAIN {
-				break // a drained pipe: hand over what came
+				return n, false, nil // a drained pipe: hand over what came
 			}
-			return nil, protocol.Errorf("failed to read file: %s", strerror(err))
+			return 0, false, protocol.Errorf("failed to read file: %s", strerror(err))
 		}
 		if r == 0 {
-			eof = true
-			break
+			return n, true, nil
 		}
 		n += r
 	}
-	f.state = rwReading
-	return fileRead{Count: int64(n), BufB64: buf[:n], EOF: eof}, nil
+	return n, false, nil
+}
+
+// readBuffer is the buffer of a large read, mapped from the kernel rather than taken from the
+// Go heap. The buffer is the reply's: it goes out base64-encoded while the server writes the
+// reply (protocol.WriteResponse), and the server then unmaps it (fileRead.Release), so its
+// pages are back with the kernel the moment the reply is out. On the heap, a 48 MiB read left
+// the agent about 1 MB larger for good (the runtime's bookkeeping for a heap grown by 48 MiB),
+// sent the collector running at every allocation while the reply went out (the buffer alone
+// fills the 48 MiB soft memory limit), and needed a forced collection to be returned.
+type readBuffer struct {
+	mem  []byte // the mapping, as unix.Mmap or unix.Mremap returned it
+	once sync.Once
+}
+
+func mapReadBuffer(size int64) (*readBuffer, error) {
+	mem, err := unix.Mmap(-1, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return nil, fmt.Errorf("map a read buffer of %d bytes: %w", size, err)
+	}
+	return &readBuffer{mem: mem}, nil
+}
+
+// grow makes the buffer size bytes long, keeping its contents (mremap moves the pages).
+func (b *readBuffer) grow(size int) error {
+	mem, err := unix.Mremap(b.mem, size, unix.MREMAP_MAYMOVE)
+	if err != nil {
+		return fmt.Errorf("grow a read buffer to %d bytes: %w", size, err)
+	}
+	b.mem = mem
+	return nil
+}
+
+// Release unmaps the buffer; a nil buffer (a small read's) has nothing to release, and a
+// second call does nothing.
+func (b *readBuffer) Release() {
+	if b == nil {
+		return
+	}
+	b.once.Do(func() {
+		// Unmapping a mapping of our own fails only on a programming error; the pages are
+		// lost to the agent either way.
+		_ = unix.Munmap(b.mem)
+		b.mem = nil
+	})
 }
 
 // readHint is how many bytes a read at fd's offset can return: for a regular file, what lies

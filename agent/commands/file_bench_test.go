@@ -34,9 +34,11 @@ func BenchmarkFileRead(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				a.d.Dispatch(ctx, seek)
 				resp, _ := a.d.Dispatch(ctx, read)
-				if r, ok := resp.Return.(fileRead); !ok || r.Count != int64(size) {
+				r, ok := resp.Return.(fileRead)
+				if !ok || r.Count != int64(size) {
 					b.Fatalf("read: %+v", resp)
 				}
+				r.Release() // as the server does once the reply is written
 			}
 		})
 	}
