@@ -42,6 +42,10 @@ func newRoundTrip(d *dispatch.Dispatcher) *roundTrip {
 		if reply {
 			rt.out = protocol.AppendResponse(rt.out[:0], &resp)
 			rt.last = resp
+			// As the server does once a reply is written; rt.last keeps only small values.
+			if r, ok := resp.Return.(protocol.Releaser); ok {
+				r.Release()
+			}
 		}
 	}
 	return rt

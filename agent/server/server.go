@@ -118,8 +118,7 @@ func (s *Server) handle(ctx, writeCtx context.Context, st transport.Stream, m pr
 	if m.Err == nil {
 		s.Log.Debugf("processing command")
 	}
-	sent := s.respond(ctx, writeCtx, st, m)
-	if sent >= releaseAfter || s.received >= releaseAfter {
+	if s.respond(ctx, writeCtx, st, m) >= releaseAfter || s.received >= releaseAfter {
 		release()
 	}
 	s.received = 0
@@ -129,32 +128,35 @@ func (s *Server) handle(ctx, writeCtx context.Context, st transport.Stream, m pr
 }
 
 // respond runs m and writes its reply, if it has one, as it is encoded: a guest-file-read's
-// base64 goes to the channel in pieces and never exists whole. It returns the reply's size
-// (0 without a reply); what the reply held, such as a read's buffer, is garbage once it
-// returns.
+// base64 goes to the channel in pieces and never exists whole. A reply value that is a
+// protocol.Releaser (a large read's mapped buffer) is released once it is written. It returns
+// the reply's size (0 without a reply).
 func (s *Server) respond(ctx, writeCtx context.Context, st transport.Stream, m protocol.Message) int64 {
 	resp, reply := s.Dispatcher.Dispatch(context.WithoutCancel(ctx), m)
 	if !reply {
 		return 0
 	}
-	if s.Log.On(LevelDebug) {
-		// The reference logs the size before it writes; it takes no encoding to know it.
-		s.Log.Debugf("sending data, count: %d", protocol.ResponseSize(&resp))
-	}
-	n, err := protocol.WriteResponse(streamWriter{writeCtx, st}, &resp)
-	if err != nil {
+	// It takes no encoding to know the size: Base64 values are counted, not encoded.
+	size := protocol.ResponseSize(&resp)
+	// The reference logs the size before it writes.
+	s.Log.Debugf("sending data, count: %d", size)
+	if _, err := protocol.WriteResponse(streamWriter{writeCtx, st}, &resp); err != nil {
 		s.Log.Warningf("error sending error response: %v", err)
-		// A reply cut short by a host that left held as much memory as a whole one.
-		n = protocol.ResponseSize(&resp)
 	}
-	return n
+	if r, ok := resp.Return.(protocol.Releaser); ok {
+		r.Release()
+	}
+	return size
 }
 
-// release returns the memory of a large message to the kernel now. A 48 MiB guest-file-read
-// leaves its buffer as garbage, and a large request its tokens; Go's collector would free them
-// at the next cycle and hand the pages back over minutes, so an agent that idles after a file
+// release returns the memory of a large message to the kernel now. A large request (a 48 MiB
+// guest-file-write is 64 MiB of JSON) leaves its tokens and decoded bytes as garbage, and even
+// a large read, whose buffer is not on the heap, leaves a few hundred KiB of it from writing
+// the reply; Go's collector would free them at its next cycle, which an idle agent may not
+// reach for hours, and hand the pages back over minutes. So an agent that idles after a file
 // copy (the usual case) would stay that large. The cost, a collection of a heap of a few
-// hundred KiB and a madvise, is small beside the message's own, and small messages never pay it.
+// hundred KiB and a madvise, is small beside the message's own, and small messages never pay
+// it.
 func release() { debug.FreeOSMemory() }
 
 // streamWriter is a stream as an io.Writer for protocol.WriteResponse.

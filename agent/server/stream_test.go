@@ -12,10 +12,12 @@ import (
 	"regexp"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/qgakit/qgakit/agent/commands"
 	"github.com/qgakit/qgakit/agent/dispatch"
+	"github.com/qgakit/qgakit/agent/protocol"
 	"github.com/qgakit/qgakit/agent/state"
 	"github.com/qgakit/qgakit/agent/transport"
 	"github.com/qgakit/qgakit/schema"
@@ -28,6 +30,7 @@ type recordingChannel struct {
 	mu      sync.Mutex
 	largest int
 	writes  int
+	total   int
 }
 
 func (c *recordingChannel) Accept(ctx context.Context) (transport.Stream, error) {
@@ -47,6 +50,7 @@ func (s *recordingStream) WriteAll(ctx context.Context, p []byte) error {
 	s.c.mu.Lock()
 	s.c.largest = max(s.c.largest, len(p))
 	s.c.writes++
+	s.c.total += len(p)
 	s.c.mu.Unlock()
 	return s.Stream.WriteAll(ctx, p)
 }
@@ -135,4 +139,68 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.w.Write(p)
+}
+
+// releasing is a reply value that holds memory to give back, like a large read's buffer.
+type releasing struct {
+	Data protocol.Base64 `json:"data"`
+	// releases counts Release calls; writtenAt is how many bytes the channel had taken at the
+	// first one.
+	releases  *atomic.Int32
+	writtenAt *atomic.Int64
+	ch        *recordingChannel
+}
+
+func (r releasing) Release() {
+	if r.releases.Add(1) == 1 {
+		r.ch.mu.Lock()
+		r.writtenAt.Store(int64(r.ch.total))
+		r.ch.mu.Unlock()
+	}
+}
+
+// A reply value that is a protocol.Releaser is released once, after the last byte of its
+// reply went to the channel and before the next message is answered.
+func TestReleasersAreReleasedAfterTheirReply(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[1])
+	ch, err := transport.NewDeviceChannel(fds[0], transport.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	rec := &recordingChannel{Channel: ch}
+	var releases atomic.Int32
+	var writtenAt atomic.Int64
+	d := dispatch.New(schema.MustLoad(), dispatch.Options{})
+	d.Register("guest-ping", func(context.Context, dispatch.Args) (any, error) { return nil, nil })
+	d.Register("guest-file-read", func(context.Context, dispatch.Args) (any, error) {
+		return releasing{Data: bytes.Repeat([]byte("x"), 1<<20), releases: &releases, writtenAt: &writtenAt, ch: rec}, nil
+	})
+	srv := &Server{Channel: rec, Dispatcher: d}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	}()
+	h := &host{fd: fds[1], r: bufio.NewReaderSize(fdReader(fds[1]), 1<<16)}
+	h.send(t, `{"execute":"guest-file-read","arguments":{"handle":1}}`)
+	reply := h.line(t)
+	h.send(t, `{"execute":"guest-ping"}`)
+	if l := h.line(t); l != "{\"return\": {}}\n" {
+		t.Fatalf("ping: %q", l)
+	}
+	if n := releases.Load(); n != 1 {
+		t.Fatalf("released %d times before the next reply, want once", n)
+	}
+	if at := writtenAt.Load(); at != int64(len(reply)) {
+		t.Fatalf("released after %d bytes of a %d-byte reply", at, len(reply))
+	}
 }
