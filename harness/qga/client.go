@@ -25,6 +25,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/qgakit/qgakit/harness/transcript"
 )
 
 // Error is an error reply from the agent: {"error": {"class": Class, "desc": Desc}}.
@@ -68,7 +70,7 @@ type Client struct {
 
 // Dial connects to the agent's socket at path. It does not talk to the agent: call Sync.
 func Dial(ctx context.Context, path string) (*Client, error) {
-	c := &Client{path: path, tr: &Transcript{}, dirty: true}
+	c := &Client{path: path, tr: transcript.NewEscaped(), dirty: true}
 	if err := c.dial(ctx); err != nil {
 		return nil, err
 	}
@@ -78,7 +80,7 @@ func Dial(ctx context.Context, path string) (*Client, error) {
 // New wraps an established connection (one end of a socketpair, say). Such a client cannot
 // Reconnect.
 func New(conn net.Conn) *Client {
-	c := &Client{conn: conn, tr: &Transcript{}, dirty: true}
+	c := &Client{conn: conn, tr: transcript.NewEscaped(), dirty: true}
 	c.tr.Notef("attached to %s", conn.RemoteAddr())
 	return c
 }

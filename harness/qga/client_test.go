@@ -47,7 +47,7 @@ func TestSyncSkipsStaleOutput(t *testing.T) {
 	if cmds := f.commands(); strings.Join(cmds, ",") != "guest-sync-delimited,guest-ping" {
 		t.Errorf("agent saw %v, want one sync then the ping", cmds)
 	}
-	tr := transcript(c)
+	tr := transcriptOf(c)
 	for _, want := range []string{`xx {"return": {"stale": true}}`, `stray '\uFFFD'`, `\xff{"return": 42}`, `skipped a delimited reply`} {
 		if !strings.Contains(tr, want) {
 			t.Errorf("transcript lacks %q:\n%s", want, tr)
@@ -55,7 +55,7 @@ func TestSyncSkipsStaleOutput(t *testing.T) {
 	}
 }
 
-func transcript(c *Client) string {
+func transcriptOf(c *Client) string {
 	var sb strings.Builder
 	c.Transcript().WriteTo(&sb)
 	return sb.String()
@@ -109,7 +109,7 @@ func TestCallReadsHugeRepliesWhole(t *testing.T) {
 	if err := c.Call(ctx, "guest-ping", nil, nil); err != nil {
 		t.Errorf("ping after a huge reply: %v", err)
 	}
-	if tr := transcript(c); len(tr) > 1<<20 || !strings.Contains(tr, "truncated") {
+	if tr := transcriptOf(c); len(tr) > 1<<20 || !strings.Contains(tr, "truncated") {
 		t.Errorf("transcript keeps %d bytes; huge replies must be truncated", len(tr))
 	}
 }

@@ -1,80 +1,18 @@
 package qmp
 
-import (
-	"bufio"
-	"fmt"
-	"io"
-	"sync"
-	"time"
-)
+import "github.com/qgakit/qgakit/harness/transcript"
 
 // Directions of transcript entries.
 const (
-	DirSend  = "->" // a command the harness sent
-	DirRecv  = "<-" // a reply or greeting from QEMU
-	DirEvent = "ev" // an asynchronous event
-	DirNote  = "--" // something the harness notes (connect, close, errors)
+	DirSend  = transcript.DirSend // a command the harness sent
+	DirRecv  = transcript.DirRecv // a reply or greeting from QEMU
+	DirEvent = "ev"               // an asynchronous event
+	DirNote  = transcript.DirNote // something the harness notes (connect, close, errors)
 )
 
-// maxEntry bounds what one transcript entry keeps, so that a huge reply cannot eat the memory of
-// a long run; the length of the original is noted.
-const maxEntry = 64 << 10
+// Transcript is the record of a QMP conversation: harness/transcript's type, which writes the
+// same artifact format as harness/qga's. The alias keeps qmp.Transcript working.
+type Transcript = transcript.Transcript
 
 // Entry is one line of a transcript.
-type Entry struct {
-	Time time.Time
-	Dir  string
-	Data string
-}
-
-// Transcript is a timestamped, append-only record of a conversation, kept in memory so that it
-// can be written out as an artifact even after the connection and its temp dir are gone.
-type Transcript struct {
-	mu      sync.Mutex
-	entries []Entry
-}
-
-// Add appends an entry stamped with the current time.
-func (t *Transcript) Add(dir string, data []byte) {
-	s := string(data)
-	if len(s) > maxEntry {
-		s = fmt.Sprintf("%s... (%d bytes, truncated)", s[:maxEntry], len(data))
-	}
-	t.mu.Lock()
-	t.entries = append(t.entries, Entry{Time: time.Now(), Dir: dir, Data: s})
-	t.mu.Unlock()
-}
-
-// Notef appends a note.
-func (t *Transcript) Notef(format string, a ...any) {
-	t.Add(DirNote, []byte(fmt.Sprintf(format, a...)))
-}
-
-// Entries returns a copy of the entries so far.
-func (t *Transcript) Entries() []Entry {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return append([]Entry(nil), t.entries...)
-}
-
-// WriteTo writes one line per entry: time, direction, data.
-func (t *Transcript) WriteTo(w io.Writer) (int64, error) {
-	cw := &countWriter{w: w}
-	bw := bufio.NewWriter(cw)
-	for _, e := range t.Entries() {
-		fmt.Fprintf(bw, "%s %s %s\n", e.Time.Format("15:04:05.000000"), e.Dir, e.Data)
-	}
-	err := bw.Flush()
-	return cw.n, err
-}
-
-type countWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
-}
+type Entry = transcript.Entry

@@ -12,7 +12,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/qgakit/qgakit/harness/qmp"
+	"github.com/qgakit/qgakit/harness/transcript"
 )
 
 // Console drives the guest's console shell on ttyS1, the harness's oracle inside the guest. The
@@ -37,11 +37,11 @@ type Console struct {
 	buf     []byte // received, not yet consumed by a finished command
 	changed chan struct{}
 	closed  bool
-	tr      *qmp.Transcript
+	tr      *transcript.Transcript
 }
 
 func newConsole(conn net.Conn) *Console {
-	c := &Console{conn: conn, changed: make(chan struct{}), tr: &qmp.Transcript{}}
+	c := &Console{conn: conn, changed: make(chan struct{}), tr: &transcript.Transcript{}}
 	go c.read()
 	return c
 }
@@ -53,7 +53,7 @@ func (c *Console) read() {
 		c.mu.Lock()
 		if n > 0 {
 			c.buf = append(c.buf, b[:n]...)
-			c.tr.Add(qmp.DirRecv, b[:n])
+			c.tr.Add(transcript.DirRecv, b[:n])
 		}
 		if err != nil {
 			c.closed = true
@@ -74,7 +74,7 @@ func (c *Console) isClosed() bool {
 }
 
 // Transcript is the record of what was sent to and received from the console.
-func (c *Console) Transcript() *qmp.Transcript { return c.tr }
+func (c *Console) Transcript() *transcript.Transcript { return c.tr }
 
 // ExitError is returned by RunOK when the command exited with a non-zero status.
 type ExitError struct {
@@ -164,7 +164,7 @@ func (c *Console) send(ctx context.Context, cmd string) (*Command, error) {
 		nonce, shellQuote(cmd), nonce)
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.tr.Add(qmp.DirSend, []byte(line))
+	c.tr.Add(transcript.DirSend, []byte(line))
 	done := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
 		_ = c.conn.SetWriteDeadline(timeLongAgo)
