@@ -80,11 +80,7 @@ type cloudInputs struct {
 	Files map[string]string `json:"files"`
 }
 
-func (in cloudInputs) key() string {
-	b, _ := json.Marshal(in) // maps marshal with sorted keys: the key is stable
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:8])
-}
+func (in cloudInputs) key() string { return inputsKey(in) }
 
 // cloudManifest is manifest.json in a debian-cloud directory.
 type cloudManifest struct {
@@ -105,30 +101,17 @@ type cloudManifest struct {
 // LoadDebianCloud opens an already built debian-cloud directory (one BuildDebianCloud
 // returned before) without asking apt anything.
 func LoadDebianCloud(dir string) (*Cloud, error) {
-	b, err := os.ReadFile(filepath.Join(dir, manifestFile))
-	if err != nil {
-		return nil, fmt.Errorf("read debian-cloud manifest: %w", err)
+	c := &Cloud{
+		Dir:    dir,
+		Disk:   filepath.Join(dir, cloudDiskFile),
+		Kernel: filepath.Join(dir, cloudKernelFile),
+		Initrd: filepath.Join(dir, cloudInitrdFile),
 	}
 	var m cloudManifest
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("parse %s: %w", filepath.Join(dir, manifestFile), err)
+	if err := loadManifest(dir, "debian-cloud", cloudFormat, &m, c.Disk, c.Kernel, c.Initrd); err != nil {
+		return nil, err
 	}
-	if m.Format != cloudFormat {
-		return nil, fmt.Errorf("debian-cloud image %s has format %q, want %q", dir, m.Format, cloudFormat)
-	}
-	c := &Cloud{
-		Dir:           dir,
-		Disk:          filepath.Join(dir, cloudDiskFile),
-		Kernel:        filepath.Join(dir, cloudKernelFile),
-		Initrd:        filepath.Join(dir, cloudInitrdFile),
-		KernelVersion: m.KernelVersion,
-		Release:       m.Release,
-	}
-	for _, p := range []string{c.Disk, c.Kernel, c.Initrd} {
-		if _, err := os.Stat(p); err != nil {
-			return nil, fmt.Errorf("debian-cloud image incomplete: %w", err)
-		}
-	}
+	c.KernelVersion, c.Release = m.KernelVersion, m.Release
 	return c, nil
 }
 
@@ -137,162 +120,20 @@ func LoadDebianCloud(dir string) (*Cloud, error) {
 // packages), with progress lines on progress (which may be nil). Like BuildTiny, concurrent
 // callers share one build through a lock file, and the image appears by a rename.
 func BuildDebianCloud(ctx context.Context, progress io.Writer) (*Cloud, error) {
-	if progress == nil {
-		progress = io.Discard
-	}
-	root, err := CacheRoot()
-	if err != nil {
-		return nil, err
-	}
-	cloudMu.Lock()
-	defer cloudMu.Unlock()
-	if c := cloudBuilt[root]; c != nil {
-		return c, nil
-	}
-	c, err := buildCloudIn(ctx, root, progress)
-	if err == nil {
-		cloudBuilt[root] = c
-	}
-	return c, err
+	return cloudImages.get(ctx, progress, buildCloudIn)
 }
 
-var (
-	cloudMu    sync.Mutex
-	cloudBuilt = map[string]*Cloud{}
-)
+var cloudImages builtImages[*Cloud]
 
 func buildCloudIn(ctx context.Context, root string, progress io.Writer) (*Cloud, error) {
-	if err := os.MkdirAll(root, 0o755); err != nil {
-		return nil, fmt.Errorf("create cache root: %w", err)
-	}
 	in, err := resolveCloudInputs(ctx, root, progress)
 	if err != nil {
 		return nil, err
 	}
 	key := in.key()
-	dir := filepath.Join(root, "debian-cloud-"+key)
-	if c, err := LoadDebianCloud(dir); err == nil {
-		return c, nil
-	}
-	unlock, err := lockFile(ctx, dir+".lock", progress)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	if c, err := LoadDebianCloud(dir); err == nil {
-		return c, nil // another process built it while we waited
-	}
-	if err := sweepStaleBuilds(root, key); err != nil {
-		return nil, err
-	}
-	tmp, err := os.MkdirTemp(root, ".debian-cloud-"+key+".tmp-")
-	if err != nil {
-		return nil, fmt.Errorf("create build dir: %w", err)
-	}
-	if err := os.Chmod(tmp, 0o755); err != nil {
-		return nil, fmt.Errorf("create build dir: %w", err)
-	}
-	defer removeBuildDir(tmp) // a no-op after the rename
-	if err := buildCloud(ctx, in, key, tmp, progress); err != nil {
-		return nil, err
-	}
-	if err := os.RemoveAll(dir); err != nil {
-		return nil, fmt.Errorf("remove old %s: %w", dir, err)
-	}
-	if err := os.Rename(tmp, dir); err != nil {
-		return nil, fmt.Errorf("install debian-cloud image: %w", err)
-	}
-	return LoadDebianCloud(dir)
-}
-
-// sweepStaleBuilds removes the temp dirs of builders that died (killed, so their deferred
-// clean-up never ran): about a gigabyte each, possibly with mmdebstrap's mounts still inside.
-// The caller holds the lock of key, so that key's temp dirs are stale; another key's are stale
-// when nobody holds its lock.
-func sweepStaleBuilds(root, key string) error {
-	dirs, _ := filepath.Glob(filepath.Join(root, ".debian-cloud-*.tmp-*"))
-	for _, d := range dirs {
-		k := strings.TrimPrefix(filepath.Base(d), ".debian-cloud-")
-		k, _, _ = strings.Cut(k, ".tmp-")
-		if k == key {
-			if err := removeBuildDir(d); err != nil {
-				return err
-			}
-			continue
-		}
-		f, err := os.OpenFile(filepath.Join(root, "debian-cloud-"+k+".lock"), os.O_CREATE|os.O_RDWR, 0o644)
-		if err != nil {
-			continue
-		}
-		if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil {
-			err = removeBuildDir(d)
-			syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-		}
-		f.Close()
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// removeBuildDir removes a build directory after unmounting whatever a killed mmdebstrap
-// left mounted inside it (proc, sys, dev bind mounts): RemoveAll must never walk into those.
-func removeBuildDir(dir string) error {
-	mounts, err := mountsUnder("/proc/self/mountinfo", dir)
-	if err != nil {
-		return err
-	}
-	for i := len(mounts) - 1; i >= 0; i-- { // deepest first
-		if err := syscall.Unmount(mounts[i], syscall.MNT_DETACH); err != nil {
-			return fmt.Errorf("unmount %s left by an earlier build: %w", mounts[i], err)
-		}
-	}
-	if err := os.RemoveAll(dir); err != nil {
-		return fmt.Errorf("remove build dir: %w", err)
-	}
-	return nil
-}
-
-// mountsUnder lists the mount points at or below dir, sorted so parents come first.
-func mountsUnder(mountinfo, dir string) ([]string, error) {
-	b, err := os.ReadFile(mountinfo)
-	if err != nil {
-		return nil, fmt.Errorf("read mount table: %w", err)
-	}
-	dir = filepath.Clean(dir)
-	var out []string
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Fields(l)
-		if len(f) < 5 {
-			continue
-		}
-		mp := unescapeMountField(f[4])
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			out = append(out, mp)
-		}
-	}
-	sort.Strings(out)
-	return out, nil
-}
-
-// unescapeMountField undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMountField(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return buildCached(ctx, root, "debian-cloud", key, progress, LoadDebianCloud, func(tmp string) error {
+		return buildCloud(ctx, in, key, tmp, progress)
+	})
 }
 
 // recipeHashes maps the embedded recipe files that go into the image to their sha256. The
@@ -577,9 +418,7 @@ func buildCloud(ctx context.Context, in cloudInputs, key, out string, progress i
 	if _, err := lookTool("mmdebstrap"); err != nil {
 		return fmt.Errorf("mmdebstrap not found: install the cloud tools (scripts/install-deps.sh cloud)")
 	}
-	start := time.Now()
-	fmt.Fprintf(progress, "debian-cloud: building debian-cloud-%s (%s, %d packages); this takes a few minutes\n", key, in.Release, len(in.Packages))
-	s := &stepper{w: progress, of: 4, name: "debian-cloud"}
+	s := newStepper(progress, "debian-cloud", key, 4, fmt.Sprintf("%s, %d packages; this takes a few minutes", in.Release, len(in.Packages)))
 	rootfs := filepath.Join(out, "rootfs")
 	var (
 		kver      string
@@ -657,15 +496,11 @@ func buildCloud(ctx context.Context, in cloudInputs, key, out string, progress i
 		return err
 	}
 	m := cloudManifest{Format: cloudFormat, Key: key, Inputs: in, KernelVersion: kver, Release: in.Release,
-		Installed: installed, Built: time.Now().UTC(), BuildSeconds: time.Since(start).Seconds(), DiskSize: size}
-	b, err := json.MarshalIndent(m, "", "  ")
-	if err != nil {
+		Installed: installed, Built: time.Now().UTC(), BuildSeconds: s.elapsed().Seconds(), DiskSize: size}
+	if err := writeManifest(out, m); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(out, manifestFile), append(b, '\n'), 0o644); err != nil {
-		return fmt.Errorf("write manifest: %w", err)
-	}
-	fmt.Fprintf(progress, "debian-cloud: built debian-cloud-%s in %.0fs\n", key, time.Since(start).Seconds())
+	s.built(key)
 	return nil
 }
 

@@ -123,26 +123,6 @@ func TestHostRelease(t *testing.T) {
 	}
 }
 
-func TestMountsUnder(t *testing.T) {
-	mi := filepath.Join(t.TempDir(), "mountinfo")
-	writeFiles(t, filepath.Dir(mi), map[string]string{"mountinfo": strings.Join([]string{
-		"22 1 0:21 / /proc rw - proc proc rw",
-		"40 30 0:5 / /build/root/dev rw - devtmpfs udev rw",
-		"41 30 0:21 / /build/root/proc rw - proc proc rw",
-		"42 30 0:22 / /build/root2/sys rw - sysfs sysfs rw",
-		"43 30 0:23 / /build/root/with\\040space rw - tmpfs t rw",
-		"44 30 0:24 / /build/root rw - tmpfs t rw",
-	}, "\n")})
-	got, err := mountsUnder(mi, "/build/root/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []string{"/build/root", "/build/root/dev", "/build/root/proc", "/build/root/with space"}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("got %q, want %q (not /build/root2, parents first)", got, want)
-	}
-}
-
 func TestCloudCacheKeyCoversEveryInput(t *testing.T) {
 	base := cloudInputs{Format: cloudFormat, Release: "bookworm", Packages: []string{"a=1"},
 		Sources: map[string]string{"/etc/apt/s": "1"}, AptOptions: map[string]string{}, Files: map[string]string{"f": "1"}}
@@ -206,31 +186,6 @@ func TestSeedScriptsParse(t *testing.T) {
 	os.WriteFile(p, b, 0o644)
 	if o, err := execCommand("sh", "-n", p); err != nil {
 		t.Errorf("customize: sh -n: %v\n%s", err, o)
-	}
-}
-
-func TestSweepStaleBuilds(t *testing.T) {
-	root := t.TempDir()
-	for _, d := range []string{".debian-cloud-aaaa.tmp-1/rootfs/etc", ".debian-cloud-bbbb.tmp-2/x", ".debian-cloud-cccc.tmp-3/y", "debian-cloud-dddd/keep"} {
-		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// A live builder of cccc holds its lock: its temp dir must survive.
-	unlock, err := lockFile(context.Background(), filepath.Join(root, "debian-cloud-cccc.lock"), io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unlock()
-	if err := sweepStaleBuilds(root, "aaaa"); err != nil {
-		t.Fatal(err)
-	}
-	for d, want := range map[string]bool{".debian-cloud-aaaa.tmp-1": false, ".debian-cloud-bbbb.tmp-2": false,
-		".debian-cloud-cccc.tmp-3": true, "debian-cloud-dddd": true} {
-		_, err := os.Stat(filepath.Join(root, d))
-		if (err == nil) != want {
-			t.Errorf("%s: exists=%v, want %v", d, err == nil, want)
-		}
 	}
 }
 

@@ -23,7 +23,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -32,8 +31,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/qgakit/qgakit/images"
@@ -78,11 +75,7 @@ type busyboxSource struct {
 	SHA256  string     `json:"sha256,omitempty"`
 }
 
-func (in tinyInputs) key() string {
-	b, _ := json.Marshal(in) // maps marshal with sorted keys: the key is stable
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:8])
-}
+func (in tinyInputs) key() string { return inputsKey(in) }
 
 // tinyManifest is manifest.json in a cache directory.
 type tinyManifest struct {
@@ -101,43 +94,21 @@ type tinyManifest struct {
 const (
 	kernelFile    = "vmlinuz"
 	initramfsFile = "initramfs.cpio.zst"
-	manifestFile  = "manifest.json"
 )
-
-// CacheRoot is the project's cache directory, ${XDG_CACHE_HOME:-~/.cache}/qgakit.
-func CacheRoot() (string, error) {
-	d, err := os.UserCacheDir()
-	if err != nil {
-		return "", fmt.Errorf("find the cache directory: %w", err)
-	}
-	return filepath.Join(d, "qgakit"), nil
-}
 
 // LoadTiny opens an already built tiny image directory (one BuildTiny returned before),
 // without asking apt anything.
 func LoadTiny(dir string) (*Tiny, error) {
-	b, err := os.ReadFile(filepath.Join(dir, manifestFile))
-	if err != nil {
-		return nil, fmt.Errorf("read tiny manifest: %w", err)
+	t := &Tiny{
+		Dir:       dir,
+		Kernel:    filepath.Join(dir, kernelFile),
+		Initramfs: filepath.Join(dir, initramfsFile),
 	}
 	var m tinyManifest
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("parse %s: %w", filepath.Join(dir, manifestFile), err)
+	if err := loadManifest(dir, "tiny", tinyFormat, &m, t.Kernel, t.Initramfs); err != nil {
+		return nil, err
 	}
-	if m.Format != tinyFormat {
-		return nil, fmt.Errorf("tiny image %s has format %q, want %q", dir, m.Format, tinyFormat)
-	}
-	t := &Tiny{
-		Dir:           dir,
-		Kernel:        filepath.Join(dir, kernelFile),
-		Initramfs:     filepath.Join(dir, initramfsFile),
-		KernelVersion: m.KernelVersion,
-	}
-	for _, p := range []string{t.Kernel, t.Initramfs} {
-		if _, err := os.Stat(p); err != nil {
-			return nil, fmt.Errorf("tiny image incomplete: %w", err)
-		}
-	}
+	t.KernelVersion = m.KernelVersion
 	return t, nil
 }
 
@@ -146,36 +117,12 @@ func LoadTiny(dir string) (*Tiny, error) {
 // processes may call it at once: one builds while the others wait on a lock file, and the
 // image appears in the cache by a rename, complete or not at all.
 func BuildTiny(ctx context.Context, progress io.Writer) (*Tiny, error) {
-	if progress == nil {
-		progress = io.Discard
-	}
-	root, err := CacheRoot()
-	if err != nil {
-		return nil, err
-	}
-	// Asking apt costs a noticeable fraction of a second under load: once per process and
-	// cache root is enough.
-	builtMu.Lock()
-	defer builtMu.Unlock()
-	if t := built[root]; t != nil {
-		return t, nil
-	}
-	t, err := buildTinyIn(ctx, root, progress)
-	if err == nil {
-		built[root] = t
-	}
-	return t, err
+	return tinyImages.get(ctx, progress, buildTinyIn)
 }
 
-var (
-	builtMu sync.Mutex
-	built   = map[string]*Tiny{}
-)
+var tinyImages builtImages[*Tiny]
 
 func buildTinyIn(ctx context.Context, root string, progress io.Writer) (*Tiny, error) {
-	if err := os.MkdirAll(root, 0o755); err != nil {
-		return nil, fmt.Errorf("create cache root: %w", err)
-	}
 	updated := false
 	for {
 		t, err := buildTinyOnce(ctx, root, progress)
@@ -205,41 +152,9 @@ func buildTinyOnce(ctx context.Context, root string, progress io.Writer) (*Tiny,
 		return nil, err
 	}
 	key := in.key()
-	dir := filepath.Join(root, "tiny-"+key)
-	if t, err := LoadTiny(dir); err == nil {
-		return t, nil
-	}
-	unlock, err := lockFile(ctx, dir+".lock", progress)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	if t, err := LoadTiny(dir); err == nil {
-		return t, nil // another process built it while we waited
-	}
-	// We hold the lock, so temp dirs of this key belong to builders that died.
-	stale, _ := filepath.Glob(filepath.Join(root, ".tiny-"+key+".tmp-*"))
-	for _, s := range stale {
-		os.RemoveAll(s)
-	}
-	tmp, err := os.MkdirTemp(root, ".tiny-"+key+".tmp-")
-	if err != nil {
-		return nil, fmt.Errorf("create build dir: %w", err)
-	}
-	if err := os.Chmod(tmp, 0o755); err != nil { // MkdirTemp's 0700 would survive the rename
-		return nil, fmt.Errorf("create build dir: %w", err)
-	}
-	defer os.RemoveAll(tmp) // a no-op after the rename
-	if err := buildTiny(ctx, in, key, tmp, progress); err != nil {
-		return nil, err
-	}
-	if err := os.RemoveAll(dir); err != nil { // an invalid leftover that LoadTiny refused
-		return nil, fmt.Errorf("remove old %s: %w", dir, err)
-	}
-	if err := os.Rename(tmp, dir); err != nil {
-		return nil, fmt.Errorf("install tiny image: %w", err)
-	}
-	return LoadTiny(dir)
+	return buildCached(ctx, root, "tiny", key, progress, LoadTiny, func(tmp string) error {
+		return buildTiny(ctx, in, key, tmp, progress)
+	})
 }
 
 // resolveTinyInputs asks apt and dpkg for the package versions and hashes the embedded files.
@@ -301,85 +216,13 @@ func fileSHA256(p string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// lockFile takes an exclusive flock on path, waiting for another holder if there is one.
-// The returned function releases it.
-func lockFile(ctx context.Context, path string, progress io.Writer) (func(), error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("open lock file: %w", err)
-	}
-	fd := int(f.Fd())
-	release := func() {
-		syscall.Flock(fd, syscall.LOCK_UN)
-		f.Close()
-	}
-	err = syscall.Flock(fd, syscall.LOCK_EX|syscall.LOCK_NB)
-	if err == nil {
-		return release, nil
-	}
-	if !errors.Is(err, syscall.EWOULDBLOCK) {
-		f.Close()
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	fmt.Fprintf(progress, "image: another process is building %s; waiting for it\n", strings.TrimSuffix(filepath.Base(path), ".lock"))
-	start := time.Now()
-	got := make(chan error, 1)
-	go func() { got <- syscall.Flock(fd, syscall.LOCK_EX) }()
-	select {
-	case err := <-got:
-		if err != nil {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, err)
-		}
-		fmt.Fprintf(progress, "image: waited %.1fs for the other build\n", time.Since(start).Seconds())
-		return release, nil
-	case <-ctx.Done():
-		// flock cannot be interrupted: release the lock whenever the waiter gets it.
-		go func() {
-			if <-got == nil {
-				release()
-				return
-			}
-			f.Close()
-		}()
-		return nil, fmt.Errorf("wait for the image lock %s: %w", path, ctx.Err())
-	}
-}
-
-// stepper prints "<name>: <step>" (name defaults to tiny) and then its duration.
-type stepper struct {
-	w     io.Writer
-	n, of int
-	name  string
-}
-
-func (s *stepper) do(what string, f func() (string, error)) error {
-	s.n++
-	if s.name == "" {
-		s.name = "tiny"
-	}
-	fmt.Fprintf(s.w, "%s: [%d/%d] %s\n", s.name, s.n, s.of, what)
-	start := time.Now()
-	note, err := f()
-	if err != nil {
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	if note != "" {
-		note = ": " + note
-	}
-	fmt.Fprintf(s.w, "%s: [%d/%d] done in %.1fs%s\n", s.name, s.n, s.of, time.Since(start).Seconds(), note)
-	return nil
-}
-
 // buildTiny makes vmlinuz, initramfs.cpio.zst and manifest.json in out.
 func buildTiny(ctx context.Context, in tinyInputs, key, out string, progress io.Writer) error {
-	start := time.Now()
-	fmt.Fprintf(progress, "tiny: building tiny-%s (kernel %s, busybox %s)\n", key, in.Kernel, in.Busybox.Package)
+	s := newStepper(progress, "tiny", key, 6, fmt.Sprintf("kernel %s, busybox %s", in.Kernel, in.Busybox.Package))
 	work := filepath.Join(out, "work")
 	if err := os.MkdirAll(work, 0o755); err != nil {
 		return fmt.Errorf("create work dir: %w", err)
 	}
-	s := &stepper{w: progress, of: 6}
 	var (
 		kroot, kver, busybox string
 		mods                 moduleSet
@@ -470,7 +313,7 @@ func buildTiny(ctx context.Context, in tinyInputs, key, out string, progress io.
 			return "", fmt.Errorf("remove work dir: %w", err)
 		}
 		m := tinyManifest{Format: tinyFormat, Key: key, Inputs: in, KernelVersion: kver, Modules: mods,
-			Built: time.Now().UTC(), BuildSeconds: time.Since(start).Seconds()}
+			Built: time.Now().UTC(), BuildSeconds: s.elapsed().Seconds()}
 		for p, size := range map[string]*int64{kernelFile: &m.KernelSize, initramfsFile: &m.InitramfsSize} {
 			st, err := os.Stat(filepath.Join(out, p))
 			if err != nil {
@@ -478,16 +321,12 @@ func buildTiny(ctx context.Context, in tinyInputs, key, out string, progress io.
 			}
 			*size = st.Size()
 		}
-		b, err := json.MarshalIndent(m, "", "  ")
-		if err != nil {
-			return "", err
-		}
-		return "", os.WriteFile(filepath.Join(out, manifestFile), append(b, '\n'), 0o644)
+		return "", writeManifest(out, m)
 	})
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(progress, "tiny: built tiny-%s in %.1fs\n", key, time.Since(start).Seconds())
+	s.built(key)
 	return nil
 }
 

@@ -1,15 +1,12 @@
 package image
 
 import (
-	"context"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"testing/fstest"
 
@@ -81,71 +78,6 @@ func TestHashFilesSeesContentsAndNames(t *testing.T) {
 			t.Errorf("embedded file %s is not hashed (have %v)", p, sortedStrings(h))
 		}
 	}
-}
-
-// progressPipe lets a test wait for a line of progress output instead of sleeping.
-type progressPipe chan string
-
-func (p progressPipe) Write(b []byte) (int, error) {
-	p <- string(b)
-	return len(b), nil
-}
-
-func TestLockFileWaitsForTheHolder(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "x.lock")
-	ctx := context.Background()
-	unlockA, err := lockFile(ctx, path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var released atomic.Bool
-	progress := make(progressPipe, 10)
-	done := make(chan error, 1)
-	go func() {
-		unlockB, err := lockFile(ctx, path, progress)
-		if err == nil {
-			if !released.Load() {
-				err = errors.New("B got the lock while A held it")
-			}
-			unlockB()
-		}
-		done <- err
-	}()
-	if msg := <-progress; !strings.Contains(msg, "waiting") {
-		t.Fatalf("progress = %q, want a waiting notice", msg)
-	}
-	released.Store(true)
-	unlockA()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-}
-
-func TestLockFileGivesUpOnCancel(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "x.lock")
-	unlockA, err := lockFile(context.Background(), path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	progress := make(progressPipe, 10)
-	done := make(chan error, 1)
-	go func() {
-		_, err := lockFile(ctx, path, progress)
-		done <- err
-	}()
-	<-progress // B is waiting
-	cancel()
-	if err := <-done; !errors.Is(err, context.Canceled) {
-		t.Fatalf("cancelled wait: err = %v", err)
-	}
-	unlockA()
-	// The abandoned waiter gets the lock in the background and must let it go again.
-	unlockC, err := lockFile(context.Background(), path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	unlockC()
 }
 
 func TestKernelFromMeta(t *testing.T) {
