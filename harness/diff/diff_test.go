@@ -287,6 +287,28 @@ func agents(t *testing.T) (string, string) {
 	return ours, "/usr/sbin/qemu-ga"
 }
 
+// runOnHost runs corpus c on this host against agent binaries a and b, each in its own
+// directory, and stops them when it returns.
+func runOnHost(t *testing.T, ctx context.Context, c *Corpus, a, b string, entryTimeout time.Duration) *Result {
+	t.Helper()
+	tmp := t.TempDir()
+	ha, err := StartHost(ctx, "A", a, filepath.Join(tmp, "a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ha.Close()
+	hb, err := StartHost(ctx, "B", b, filepath.Join(tmp, "b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hb.Close()
+	res, err := Run(ctx, c, ModeHost, ha.Target, hb.Target, Options{EntryTimeout: entryTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
 // A real run on the host against ours and the reference: a command only the reference
 // implements is a class difference, guest-info without normalisation a value difference (the
 // versions differ), a documented one does not fail the run, and the file entries run through
@@ -309,21 +331,7 @@ func TestHostRun(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	tmp := t.TempDir()
-	ha, err := StartHost(ctx, "A", ours, filepath.Join(tmp, "a"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ha.Close()
-	hb, err := StartHost(ctx, "B", ref, filepath.Join(tmp, "b"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hb.Close()
-	res, err := Run(ctx, c, ModeHost, ha.Target, hb.Target, Options{EntryTimeout: 20 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := runOnHost(t, ctx, c, ours, ref, 20*time.Second)
 	byID := map[string]EntryResult{}
 	for _, e := range res.Entries {
 		byID[e.ID] = e
@@ -402,21 +410,7 @@ func TestSwallowedMarkerResyncs(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	tmp := t.TempDir()
-	ha, err := StartHost(ctx, "A", ours, filepath.Join(tmp, "a"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ha.Close()
-	hb, err := StartHost(ctx, "B", ours, filepath.Join(tmp, "b"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hb.Close()
-	res, err := Run(ctx, c, ModeHost, ha.Target, hb.Target, Options{EntryTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := runOnHost(t, ctx, c, ours, ours, 5*time.Second)
 	first, second := res.Entries[0], res.Entries[1]
 	if first.A == nil || !strings.Contains(first.A.Problem, "no reply to the end-of-entry marker") {
 		t.Errorf("the swallowed marker was not noticed: %+v", first.A)
