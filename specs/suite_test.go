@@ -49,18 +49,12 @@ type suite struct {
 	// version always names the project. AGENT=image is Debian's qemu-ga: the reference.
 	Reference bool
 	// Image is the prepared image: the profile, its boot files and the agent it carries.
-	Image *image.Prepared
-	// Initrd is Image.Initrd (the tiny initramfs with the agent injected), for specs that boot
-	// the tiny kernel by hand.
-	Initrd string
+	Image  *image.Prepared
 	TmpDir string // the suite's scratch dir, removed after the suite
 }
 
 var (
-	env suite
-	// tiny is the tiny image when IMAGE is tiny (nil otherwise), for specs that boot its kernel
-	// by hand instead of through bootGuest.
-	tiny  *image.Tiny
+	env   suite
 	seeds = schema.MustLoad()
 )
 
@@ -141,19 +135,12 @@ var _ = SynchronizedBeforeSuite(func(ctx SpecContext) []byte {
 	By(fmt.Sprintf("preparing IMAGE=%s with AGENT=%s (images are cached after the first build)", c.Image, agent))
 	s.Image, err = image.Prepare(ctx, c)
 	Expect(err).NotTo(HaveOccurred())
-	s.Initrd = s.Image.Initrd
 
 	b, err := json.Marshal(s)
 	Expect(err).NotTo(HaveOccurred())
 	return b
 }, func(ctx SpecContext, b []byte) {
 	Expect(json.Unmarshal(b, &env)).To(Succeed())
-	if env.Image.Profile == image.ProfileTiny {
-		// Prepare put the tiny image's kernel in its cache dir; loading it asks apt nothing.
-		var err error
-		tiny, err = image.LoadTiny(filepath.Dir(env.Image.Kernel))
-		Expect(err).NotTo(HaveOccurred())
-	}
 	fmt.Fprintf(GinkgoWriter, "image %s (%s); agent under test: %s (%s; reference family: %v)\n",
 		env.Image.Profile, env.Image.Image, env.Agent, env.Version, env.Reference)
 	// Every process describes the same machine, so they share one saved state (SaveOnce).
@@ -182,7 +169,6 @@ type guestConfig struct {
 	// shaped is set by every option that changes the machine or its boot, which the saved
 	// default state cannot have.
 	shaped bool
-	cold   bool
 }
 
 // defaultTemplate is the default guest (no options) booted once and saved; bootGuest restores
@@ -236,23 +222,6 @@ func withVM(opts ...vm.Option) guestOption {
 	return func(c *guestConfig) { c.vm, c.shaped = append(c.vm, opts...), true }
 }
 
-// withTiny changes the boot options in the tiny image's terms, for specs written before the
-// profile-neutral options (withMounts, withSwap, withResume, withKernelArgs, withAgentArgs),
-// which say the same on every image; the fields mean the same on the others.
-func withTiny(f func(*image.TinyOptions)) guestOption {
-	return func(c *guestConfig) {
-		o := image.TinyOptions{AgentArgs: c.guest.AgentArgs, Mounts: c.guest.Mounts, Swap: c.guest.Swap,
-			Resume: c.guest.Resume, Extra: c.guest.Extra}
-		f(&o)
-		c.guest = image.GuestOptions{AgentArgs: o.AgentArgs, Mounts: o.Mounts, Swap: o.Swap, Resume: o.Resume, Extra: o.Extra}
-		c.shaped = true
-	}
-}
-
-// withColdBoot boots the guest from scratch even when the saved default state would do: for
-// specs about what happens at boot.
-func withColdBoot() guestOption { return func(c *guestConfig) { c.cold = true } }
-
 // guestVMOptions maps the profile's Guest for c onto harness/vm options: the kernel, the
 // profile's memory and CPU, then the spec's options (its data disks first among the disks, and
 // any override of memory), then the profile's own disks (a cloud image's root and seed, found
@@ -298,7 +267,7 @@ func persistentOverlay(ctx context.Context, dir string, d vm.Disk) vm.Disk {
 // bootGuest starts a guest of the image under test with the agent under test, attaches the
 // agent's channel and synchronises with it. A guest without options is restored from the saved
 // default state (the clock set back to the host's by the console, fresh disk overlays); any
-// option, withColdBoot or COLDBOOT=1 boots it cold. The VM is closed (and its artifacts kept
+// option or COLDBOOT=1 boots it cold. The VM is closed (and its artifacts kept
 // when the spec failed) by DeferCleanup.
 func bootGuest(ctx context.Context, opts ...guestOption) *vm.VM {
 	GinkgoHelper()
@@ -308,7 +277,7 @@ func bootGuest(ctx context.Context, opts ...guestOption) *vm.VM {
 	}
 	bootCtx, cancel := context.WithTimeout(ctx, bootTimeout)
 	defer cancel()
-	if !c.shaped && !c.cold && !coldBootAlways {
+	if !c.shaped && !coldBootAlways {
 		By("restoring the saved default guest (booted and saved once per run)")
 		Expect(defaultTemplate.SaveOnce(bootCtx, readyToSave)).To(Succeed(), "save the default guest")
 		return defaultTemplate.RestoreT(GinkgoT(), bootCtx, vm.RestoreAgent())
