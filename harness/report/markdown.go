@@ -66,15 +66,8 @@ func WriteMarkdown(w io.Writer, m *Matrix) error {
 			p.f("\nPartial run of `%s`: LABELS=`%s`.\n", r.Agent, r.LabelFilter)
 		}
 	}
-	p.f("\n## Commands\n\n| command |")
-	for _, r := range m.Runs {
-		p.f(" `%s` |", r.Agent)
-	}
-	p.f("\n|---|")
-	for range m.Runs {
-		p.f("---|")
-	}
-	p.f("\n")
+	p.f("\n## Commands\n\n")
+	p.agentsHeader("command", m.Runs)
 	for _, c := range m.Commands {
 		p.f("| %s |", c.Name)
 		for _, cell := range c.Cells {
@@ -116,15 +109,8 @@ func WriteMarkdown(w io.Writer, m *Matrix) error {
 		p.f("\n## Unsupported (the spec skipped itself for this agent)\n\n%s", strings.Join(unsup, ""))
 	}
 	if len(m.Other) > 0 {
-		p.f("\n## Specs without a cmd: label\n\n| spec |")
-		for _, r := range m.Runs {
-			p.f(" `%s` |", r.Agent)
-		}
-		p.f("\n|---|")
-		for range m.Runs {
-			p.f("---|")
-		}
-		p.f("\n")
+		p.f("\n## Specs without a cmd: label\n\n")
+		p.agentsHeader("spec", m.Runs)
 		for _, i := range m.Other {
 			p.f("| %s |", md(m.Specs[i].Name))
 			for _, res := range m.Specs[i].Results {
@@ -193,6 +179,15 @@ func (p *printer) f(format string, a ...any) {
 	if p.err == nil {
 		_, p.err = fmt.Fprintf(p.w, format, a...)
 	}
+}
+
+// agentsHeader prints the header of a table with a first column and then one per run's agent.
+func (p *printer) agentsHeader(first string, runs []Run) {
+	p.f("| %s |", first)
+	for _, r := range runs {
+		p.f(" `%s` |", r.Agent)
+	}
+	p.f("\n|---|%s\n", strings.Repeat("---|", len(runs)))
 }
 
 // quote prints a message as an indented code block, at most 20 lines of it.

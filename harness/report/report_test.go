@@ -266,6 +266,9 @@ func TestMarkdown(t *testing.T) {
 		"[usr-sbin-qemu-ga/protocol_syncs_then_pings/](usr-sbin-qemu-ga/protocol_syncs_then_pings/)",
 		"commands that must have specs have none: guest-fstrim",
 		"the reference freezes the guest here: ours only",
+		// Both tables have a column per agent.
+		"## Commands\n\n| command | `bin/qga` | `/usr/sbin/qemu-ga` |\n|---|---|---|\n| guest-sync |",
+		"## Specs without a cmd: label\n\n| spec | `bin/qga` | `/usr/sbin/qemu-ga` |\n|---|---|---|\n| misc has no command label |",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)
