@@ -175,16 +175,30 @@ func writeRandomFile(path string, size int) ([32]byte, error) {
 
 // procMemory reads VmRSS and VmHWM (kB) of a host process.
 func procMemory(pid int) (rss, hwm int64, err error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	p := "/proc/" + strconv.Itoa(pid) + "/status"
+	b, err := os.ReadFile(p)
 	if err != nil {
 		return 0, 0, err
 	}
-	for _, line := range strings.Split(string(b), "\n") {
+	rss, hwm = parseProcMemory(string(b))
+	if rss == 0 || hwm == 0 {
+		return 0, 0, errors.New("no VmRSS/VmHWM in " + p)
+	}
+	return rss, hwm, nil
+}
+
+// parseProcMemory picks VmRSS and VmHWM (kB) out of a /proc/<pid>/status, the host's or the
+// guest's; a value it does not find is 0.
+func parseProcMemory(status string) (rss, hwm int64) {
+	for _, line := range strings.Split(status, "\n") {
 		f := strings.Fields(line)
-		if len(f) != 3 {
+		if len(f) != 3 || f[2] != "kB" {
 			continue
 		}
-		n, _ := strconv.ParseInt(f[1], 10, 64)
+		n, err := strconv.ParseInt(f[1], 10, 64)
+		if err != nil {
+			continue
+		}
 		switch f[0] {
 		case "VmRSS:":
 			rss = n
@@ -192,8 +206,5 @@ func procMemory(pid int) (rss, hwm int64, err error) {
 			hwm = n
 		}
 	}
-	if rss == 0 || hwm == 0 {
-		return 0, 0, errors.New("no VmRSS/VmHWM in /proc/" + strconv.Itoa(pid) + "/status")
-	}
-	return rss, hwm, nil
+	return rss, hwm
 }

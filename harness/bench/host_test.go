@@ -48,3 +48,18 @@ func TestHostBench(t *testing.T) {
 		})
 	}
 }
+
+// The host's /proc/<pid>/status and the guest's grep of it go through one parser.
+func TestParseProcMemory(t *testing.T) {
+	status := "Name:\tqga\nVmPeak:\t  9000 kB\nVmHWM:\t    4321 kB\nVmRSS:\t    1234 kB\nThreads:\t3\nVmSwap: x kB\n"
+	if rss, hwm := parseProcMemory(status); rss != 1234 || hwm != 4321 {
+		t.Errorf("rss %d, hwm %d; want 1234 and 4321", rss, hwm)
+	}
+	if rss, hwm := parseProcMemory("VmRSS: 12 MB\nVmHWM:\n"); rss != 0 || hwm != 0 {
+		t.Errorf("rss %d, hwm %d from lines without a kB value; want 0 and 0", rss, hwm)
+	}
+	// Our own process has both.
+	if rss, hwm, err := procMemory(os.Getpid()); err != nil || rss <= 0 || hwm < rss {
+		t.Errorf("procMemory(self) = %d, %d, %v", rss, hwm, err)
+	}
+}

@@ -307,22 +307,7 @@ func agentMemory(ctx context.Context, v *vm.VM) (rss, hwm int64, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	for _, line := range strings.Split(out, "\n") {
-		f := strings.Fields(line)
-		if len(f) != 3 || f[2] != "kB" {
-			continue
-		}
-		n, perr := strconv.ParseInt(f[1], 10, 64)
-		if perr != nil {
-			continue
-		}
-		switch f[0] {
-		case "VmRSS:":
-			rss = n
-		case "VmHWM:":
-			hwm = n
-		}
-	}
+	rss, hwm = parseProcMemory(out)
 	if rss == 0 || hwm == 0 {
 		return 0, 0, fmt.Errorf("no VmRSS/VmHWM in %q", out)
 	}
