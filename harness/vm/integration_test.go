@@ -25,18 +25,7 @@ import (
 func TestIntegrationTinyBoot(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	agent := os.Getenv("AGENT")
-	if agent == "" {
-		agent = "/usr/sbin/qemu-ga"
-	}
-	tiny, err := image.BuildTiny(ctx, testWriter{t})
-	if err != nil {
-		t.Fatalf("build the tiny image: %v", err)
-	}
-	initrd := filepath.Join(t.TempDir(), "initrd.zst")
-	if err := tiny.InjectAgent(ctx, agent, initrd); err != nil {
-		t.Fatalf("inject %s: %v", agent, err)
-	}
+	tiny, initrd := tinyWithAgent(t, ctx, testAgent())
 
 	root := t.TempDir()
 	const mac = "52:54:00:12:34:56"
@@ -146,6 +135,29 @@ func TestIntegrationTinyBoot(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(art, "serial0.log")); !strings.Contains(string(b), "TINY: READY") {
 		t.Errorf("serial0.log lacks READY")
 	}
+}
+
+// testAgent is the agent the VM tests inject: $AGENT when set, else the reference.
+func testAgent() string {
+	if a := os.Getenv("AGENT"); a != "" {
+		return a
+	}
+	return "/usr/sbin/qemu-ga"
+}
+
+// tinyWithAgent builds (or finds in the cache) the tiny image and returns it with an initramfs
+// that carries agent.
+func tinyWithAgent(t *testing.T, ctx context.Context, agent string) (*image.Tiny, string) {
+	t.Helper()
+	tiny, err := image.BuildTiny(ctx, testWriter{t})
+	if err != nil {
+		t.Fatalf("build the tiny image: %v", err)
+	}
+	initrd := filepath.Join(t.TempDir(), "initrd.zst")
+	if err := tiny.InjectAgent(ctx, agent, initrd); err != nil {
+		t.Fatalf("inject %s: %v", agent, err)
+	}
+	return tiny, initrd
 }
 
 type testWriter struct{ t *testing.T }

@@ -25,18 +25,7 @@ import (
 func TestSnapshotTinyRestore(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	agent := os.Getenv("AGENT")
-	if agent == "" {
-		agent = "/usr/sbin/qemu-ga"
-	}
-	tiny, err := image.BuildTiny(ctx, testWriter{t})
-	if err != nil {
-		t.Fatalf("build the tiny image: %v", err)
-	}
-	initrd := filepath.Join(t.TempDir(), "initrd.zst")
-	if err := tiny.InjectAgent(ctx, agent, initrd); err != nil {
-		t.Fatalf("inject %s: %v", agent, err)
-	}
+	tiny, initrd := tinyWithAgent(t, ctx, testAgent())
 	disk := filepath.Join(t.TempDir(), "data.raw")
 	if err := os.WriteFile(disk, make([]byte, 8<<20), 0o600); err != nil {
 		t.Fatal(err)
@@ -52,7 +41,7 @@ func TestSnapshotTinyRestore(t *testing.T) {
 		WithDisk(Disk{Path: disk, Format: "raw", Serial: "data"}),
 	)
 	coldStart := time.Now()
-	err = tpl.Save(ctx, func(ctx context.Context, v *VM) error {
+	err := tpl.Save(ctx, func(ctx context.Context, v *VM) error {
 		if _, err := v.WaitSerial(ctx, "TINY: READY"); err != nil {
 			return err
 		}
@@ -132,14 +121,7 @@ func TestSnapshotTinyRestore(t *testing.T) {
 func TestSnapshotClockFollowsRTCBase(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	tiny, err := image.BuildTiny(ctx, testWriter{t})
-	if err != nil {
-		t.Fatalf("build the tiny image: %v", err)
-	}
-	initrd := filepath.Join(t.TempDir(), "initrd.zst")
-	if err := tiny.InjectAgent(ctx, "/usr/sbin/qemu-ga", initrd); err != nil {
-		t.Fatal(err)
-	}
+	tiny, initrd := tinyWithAgent(t, ctx, "/usr/sbin/qemu-ga")
 	base := time.Date(2047, 6, 15, 10, 0, 0, 0, time.UTC)
 	tpl := NewTemplate(filepath.Join(t.TempDir(), "tpl"),
 		WithLog(testWriter{t}), WithTempRoot(t.TempDir()), WithMemory(256),
