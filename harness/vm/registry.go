@@ -56,10 +56,7 @@ func onSignal(ch chan os.Signal) {
 	registry.mu.Lock()
 	signal.Stop(ch)
 	registry.signals = nil
-	live := make([]*VM, 0, len(registry.live))
-	for v := range registry.live {
-		live = append(live, v)
-	}
+	live := liveLocked()
 	registry.mu.Unlock()
 	for _, v := range live {
 		v.Kill()
@@ -76,14 +73,21 @@ var afterSignal func()
 // CloseAll closes every live VM of this process (for an AfterSuite or TestMain safety net).
 func CloseAll() {
 	registry.mu.Lock()
-	live := make([]*VM, 0, len(registry.live))
-	for v := range registry.live {
-		live = append(live, v)
-	}
+	live := liveLocked()
 	registry.mu.Unlock()
 	for _, v := range live {
 		v.Close()
 	}
+}
+
+// liveLocked lists the live VMs for a caller that holds registry.mu, to act on after it lets
+// the lock go: Close unregisters the VM, which takes the lock.
+func liveLocked() []*VM {
+	live := make([]*VM, 0, len(registry.live))
+	for v := range registry.live {
+		live = append(live, v)
+	}
+	return live
 }
 
 // Live returns how many VMs of this process are not closed yet.
