@@ -118,6 +118,7 @@ var _ = SynchronizedBeforeSuite(func(ctx SpecContext) []byte {
 	Expect(err).NotTo(HaveOccurred())
 	tmp, err := os.MkdirTemp("", "qgakit-suite-")
 	Expect(err).NotTo(HaveOccurred())
+	suiteTmp = tmp
 
 	s := suite{Agent: agent, TmpDir: tmp, Reference: true}
 	if agent != image.AgentFromImage {
@@ -147,11 +148,17 @@ var _ = SynchronizedBeforeSuite(func(ctx SpecContext) []byte {
 	defaultTemplate = vm.NewTemplate(filepath.Join(env.TmpDir, "template-default"), guestVMOptions(ctx, guestConfig{})...)
 }, NodeTimeout(prepareTimeout))
 
+// suiteTmp is the suite's scratch dir as process 1 made it: an interrupt during the setup can
+// come before env is filled in, and the dir must go all the same.
+var suiteTmp string
+
 var _ = SynchronizedAfterSuite(func() {
 	vm.CloseAll()
 }, func() {
-	if env.TmpDir != "" {
-		os.RemoveAll(env.TmpDir)
+	for _, dir := range []string{env.TmpDir, suiteTmp} {
+		if dir != "" {
+			Expect(os.RemoveAll(dir)).To(Succeed())
+		}
 	}
 })
 
