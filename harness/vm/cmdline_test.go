@@ -25,6 +25,14 @@ func flagValues(args []string, flag string) []string {
 	return out
 }
 
+// checkFlag checks the values of every occurrence of flag in args.
+func checkFlag(t *testing.T, args []string, flag string, want ...string) {
+	t.Helper()
+	if got := flagValues(args, flag); !slices.Equal(got, want) {
+		t.Errorf("%s = %q, want %q", flag, got, want)
+	}
+}
+
 func build(t *testing.T, kvm bool, opts ...Option) []string {
 	t.Helper()
 	c := defaults()
@@ -50,12 +58,7 @@ func TestDefaultCommandLine(t *testing.T) {
 			t.Errorf("missing %s in %v", want, args)
 		}
 	}
-	check := func(flag string, want ...string) {
-		t.Helper()
-		if got := flagValues(args, flag); !slices.Equal(got, want) {
-			t.Errorf("%s = %q, want %q", flag, got, want)
-		}
-	}
+	check := func(flag string, want ...string) { t.Helper(); checkFlag(t, args, flag, want...) }
 	check("-machine", "q35,accel=tcg")
 	check("-cpu", "max")
 	check("-smp", "2")
@@ -116,12 +119,7 @@ func TestOptionsOnTheCommandLine(t *testing.T) {
 		WithRTCBase("2030-01-01"), WithNoShutdown(), WithoutS3(), WithCPU("qemu64"),
 		WithQEMUArgs("-incoming", "defer"),
 	)
-	check := func(flag string, want ...string) {
-		t.Helper()
-		if got := flagValues(args, flag); !slices.Equal(got, want) {
-			t.Errorf("%s = %q, want %q", flag, got, want)
-		}
-	}
+	check := func(flag string, want ...string) { t.Helper(); checkFlag(t, args, flag, want...) }
 	check("-name", "spec-1")
 	check("-m", "1024")
 	check("-smp", "4")
