@@ -147,7 +147,9 @@ func TestWriteResponseStreams(t *testing.T) {
 	data := randomBytes(48<<20, 1)
 	r := &Response{Return: fileReadReply{Count: int64(len(data)), BufB64: data, EOF: true}, ID: "id", HasID: true}
 	w := &hashWriter{}
-	WriteResponse(w, r) // warm the pool, so the measured run reuses its buffer
+	if _, err := WriteResponse(w, r); err != nil { // warm the pool, so the measured run reuses its buffer
+		t.Fatal(err)
+	}
 	*w = hashWriter{}
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)

@@ -346,8 +346,9 @@ func resolvePackageSet(ctx context.Context, root string, pkgs []string, progress
 	fmt.Fprintf(progress, "debian-cloud: %d packages resolved in %.1fs\n", len(set), time.Since(start).Seconds())
 	if b, err := json.Marshal(set); err == nil {
 		tmp := cachePath + ".tmp" + strconv.Itoa(os.Getpid())
-		if os.WriteFile(tmp, b, 0o644) == nil {
-			os.Rename(tmp, cachePath)
+		// The resolution is only a cache: failing to keep it costs the next run a resolve.
+		if os.WriteFile(tmp, b, 0o644) != nil || os.Rename(tmp, cachePath) != nil {
+			_ = os.Remove(tmp)
 		}
 	}
 	return set, nil
@@ -621,7 +622,8 @@ func runStreaming(ctx context.Context, progress io.Writer, prefix, name string, 
 				tail = tail[1:]
 			}
 		}
-		io.Copy(io.Discard, pr)
+		// A line too long for the scanner stops it: drain the rest so mmdebstrap never blocks.
+		_, _ = io.Copy(io.Discard, pr)
 	}()
 	// mmdebstrap says nothing for minutes while dpkg unpacks: a heartbeat shows it is alive.
 	beat := time.NewTicker(30 * time.Second)

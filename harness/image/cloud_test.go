@@ -183,7 +183,9 @@ func TestSeedScriptsParse(t *testing.T) {
 	}
 	b, _ := images.DebianCloud.ReadFile("debian-cloud/customize")
 	p := filepath.Join(t.TempDir(), "customize")
-	os.WriteFile(p, b, 0o644)
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if o, err := execCommand("sh", "-n", p); err != nil {
 		t.Errorf("customize: sh -n: %v\n%s", err, o)
 	}

@@ -146,7 +146,7 @@ func download(ctx context.Context, client *http.Client, url, part, want string, 
 	}
 	defer resp.Body.Close()
 	resumed := false
-	total := int64(-1)
+	var total int64 // every case that goes on sets it
 	switch {
 	case resp.StatusCode == http.StatusPartialContent && have > 0:
 		start, size, err := parseContentRange(resp.Header.Get("Content-Range"))

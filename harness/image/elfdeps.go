@@ -104,12 +104,11 @@ func sharedLibs(bin string, dirs []string) ([]libFile, error) {
 	// The interpreter is already loaded under its soname, so libc's DT_NEEDED entry for it
 	// needs no file.
 	done := map[string]bool{filepath.Base(interp): interp != ""}
-	type job struct{ obj, needer string }
-	todo := []job{{obj: bin}}
+	todo := []string{bin}
 	for len(todo) > 0 {
-		j := todo[0]
+		obj := todo[0]
 		todo = todo[1:]
-		needed, runpath, err := elfDynamic(j.obj)
+		needed, runpath, err := elfDynamic(obj)
 		if err != nil {
 			return nil, err
 		}
@@ -120,10 +119,10 @@ func sharedLibs(bin string, dirs []string) ([]libFile, error) {
 			done[name] = true
 			p, err := findLib(name, runpath, dirs, class, machine)
 			if err != nil {
-				return nil, fmt.Errorf("%s (needed by %s): %w", name, j.obj, err)
+				return nil, fmt.Errorf("%s (needed by %s): %w", name, obj, err)
 			}
 			out[p] = libFile{Guest: p, Host: p}
-			todo = append(todo, job{obj: p})
+			todo = append(todo, p)
 		}
 	}
 	libs := make([]libFile, 0, len(out))

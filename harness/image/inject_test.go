@@ -82,12 +82,17 @@ func TestInjectAgentScriptAndExtras(t *testing.T) {
 	}
 	// A script needs no libraries: nothing else was added.
 	var files []string
-	filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
-		if err == nil && !info.IsDir() {
+	if err := filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		if !info.IsDir() {
 			files = append(files, strings.TrimPrefix(p, dir))
 		}
 		return nil
-	})
+	}); err != nil {
+		t.Fatal(err)
+	}
 	if len(files) != 2 {
 		t.Errorf("archive holds %v, want the agent and the config only", files)
 	}

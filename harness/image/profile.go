@@ -318,8 +318,7 @@ func (p *Prepared) Guest(ctx context.Context, o GuestOptions) (*Guest, error) {
 	g := &Guest{Ready: p.Marker(EventReady)}
 	if p.Profile == ProfileTiny {
 		g.Kernel, g.Initrd, g.BootTimeout = p.Kernel, p.Initrd, 2*time.Minute
-		g.Cmdline = (&Tiny{}).Cmdline(TinyOptions{AgentArgs: o.AgentArgs, Mounts: o.Mounts, Swap: o.Swap,
-			Resume: o.Resume, Extra: o.Extra})
+		g.Cmdline = (&Tiny{}).Cmdline(TinyOptions(o))
 		return g, nil
 	}
 	if !p.DirectKernelBoot() && (o.Resume != "" || len(o.Extra) > 0) {

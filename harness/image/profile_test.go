@@ -149,7 +149,7 @@ func TestTinyGuestIsTheTinyBoot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := (&Tiny{}).Cmdline(TinyOptions{AgentArgs: o.AgentArgs, Mounts: o.Mounts, Swap: o.Swap, Resume: o.Resume, Extra: o.Extra})
+	want := (&Tiny{}).Cmdline(TinyOptions(o))
 	if g.Kernel != "/k" || g.Initrd != "/i" || g.Cmdline != want || len(g.Disks) != 0 || g.Ready != "TINY: READY" {
 		t.Errorf("tiny guest %+v, want the kernel, the injected initrd and cmdline %q", g, want)
 	}

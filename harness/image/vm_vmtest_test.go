@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -198,8 +199,10 @@ func (vm *testVM) shell(ctx context.Context, cmdline string) (string, int) {
 	for {
 		for _, m := range markerRE.FindAllSubmatchIndex(buf, -1) {
 			if string(buf[m[2]:m[3]]) == nonce {
-				var rc int
-				fmt.Sscanf(string(buf[m[4]:m[5]]), "%d", &rc)
+				rc, err := strconv.Atoi(string(buf[m[4]:m[5]]))
+				if err != nil {
+					rc = -1 // the marker regexp admits only digits; -1 cannot be mistaken for a status
+				}
 				return string(buf[:m[0]]), rc
 			}
 		}

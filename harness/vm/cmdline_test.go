@@ -188,7 +188,9 @@ func TestOptionsOnTheCommandLine(t *testing.T) {
 		Format  string `json:"format"`
 		Backing string `json:"full-backing-filename"`
 	}
-	json.Unmarshal(out, &info)
+	if err := json.Unmarshal(out, &info); err != nil {
+		t.Fatalf("qemu-img info: %v\n%s", err, out)
+	}
 	if info.Format != "qcow2" || info.Backing != base {
 		t.Errorf("overlay: %s", out)
 	}
@@ -210,7 +212,9 @@ func TestCommandLineErrors(t *testing.T) {
 	}
 	c = defaults()
 	f := filepath.Join(t.TempDir(), "d.raw")
-	os.WriteFile(f, nil, 0o600)
+	if err := os.WriteFile(f, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	WithDisk(Disk{Path: f, Node: "x"})(c)
 	WithDisk(Disk{Path: f, Node: "x"})(c)
 	if _, err := c.resolveDisks(t.Context(), t.TempDir()); err == nil {

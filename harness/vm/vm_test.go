@@ -285,10 +285,16 @@ func TestSignalKillsVMs(t *testing.T) {
 func TestSweepSparesLiveOwners(t *testing.T) {
 	root := t.TempDir()
 	mine := filepath.Join(root, "qgakit-live")
-	os.Mkdir(mine, 0o700)
-	os.WriteFile(filepath.Join(mine, "owner"), []byte(fmt.Sprint(os.Getpid())), 0o600)
 	foreign := filepath.Join(root, "qgakit-noowner")
-	os.Mkdir(foreign, 0o700)
+	for _, err := range []error{
+		os.Mkdir(mine, 0o700),
+		os.WriteFile(filepath.Join(mine, "owner"), []byte(fmt.Sprint(os.Getpid())), 0o600),
+		os.Mkdir(foreign, 0o700),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	sweepStale(root)
 	for _, d := range []string{mine, foreign} {
 		if _, err := os.Stat(d); err != nil {
