@@ -320,7 +320,8 @@ func waitBootFinished(ctx context.Context, v *vm.VM) error {
 
 // readyToSave is when a booted default guest may be saved: init is done (the tiny image's late
 // modules loaded, a systemd guest's boot finished), so a clone never spends its time on it, and
-// the console shell answers.
+// the console shell answers; and the agent is attached and answering, so that every clone's
+// agent answers as soon as it runs (harness/vm's Template plugs the port before the load).
 func readyToSave(ctx context.Context, v *vm.VM) error {
 	if _, err := v.WaitSerial(ctx, marker(image.EventReady)); err != nil {
 		return fmt.Errorf("wait for %q: %w", marker(image.EventReady), err)
@@ -336,7 +337,10 @@ func readyToSave(ctx context.Context, v *vm.VM) error {
 	if err := waitBootFinished(ctx, v); err != nil {
 		return err
 	}
-	_, err := v.Console().RunOK(ctx, "true")
+	if _, err := v.Console().RunOK(ctx, "true"); err != nil {
+		return err
+	}
+	_, err := v.AttachAgent(ctx)
 	return err
 }
 

@@ -84,7 +84,8 @@ func (b *VMBench) progressf(format string, a ...any) {
 }
 
 // guestReady waits until the tiny guest has finished booting: its ready line, the modules it
-// loads in the background, and a console command (so that clones skip the console probe).
+// loads in the background, a console command (so that clones skip the console probe), and the
+// agent attached and answering.
 func guestReady(ctx context.Context, v *vm.VM) error {
 	if _, err := v.WaitSerial(ctx, "TINY: READY"); err != nil {
 		return err
@@ -92,7 +93,12 @@ func guestReady(ctx context.Context, v *vm.VM) error {
 	if _, err := v.WaitSerial(ctx, "TINY: late-modules-loaded"); err != nil {
 		return err
 	}
-	_, err := v.Console().RunOK(ctx, ":")
+	if _, err := v.Console().RunOK(ctx, ":"); err != nil {
+		return err
+	}
+	// Saved with the agent answering, as the specs save their default guest: a restore is then
+	// QEMU's load and one sync.
+	_, err := v.AttachAgent(ctx)
 	return err
 }
 

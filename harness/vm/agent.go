@@ -31,8 +31,30 @@ const syncAttempt = 2 * time.Second
 func (v *VM) AttachAgent(ctx context.Context) (*qga.Client, error) {
 	v.amu.Lock()
 	defer v.amu.Unlock()
+	mark := v.qmp.Mark()
+	client, err := v.plugAgentPort(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("vm: attach agent: %w", err)
+	}
+	if _, err := v.qmp.WaitEventAfter(ctx, mark, "VSERPORT_CHANGE", func(e qmp.Event) bool {
+		return e.Str("id") == agentDevice && e.Bool("open")
+	}); err != nil {
+		return nil, fmt.Errorf("vm: attach agent: the guest never opened %s (is the agent running?): %w", AgentPortName, err)
+	}
+	if err := client.SyncUntil(ctx, syncAttempt); err != nil {
+		return nil, fmt.Errorf("vm: attach agent: the port is open but the agent does not answer: %w", err)
+	}
+	v.logf("agent attached and answering")
+	return client, nil
+}
+
+// plugAgentPort adds the agent's chardev, connects to it, and adds its port; v.amu is held. It
+// waits for nothing in the guest, so a restore can use it while QEMU waits for its incoming
+// state: the port then exists, with its id and number, before the saved state that has the
+// guest's agent holding it open is loaded.
+func (v *VM) plugAgentPort(ctx context.Context) (*qga.Client, error) {
 	if v.agent != nil {
-		return nil, errors.New("vm: agent already attached")
+		return nil, errors.New("agent already attached")
 	}
 	path := v.AgentSocket()
 	_ = os.Remove(path) // a socket left by an earlier attach
@@ -45,40 +67,27 @@ func (v *VM) AttachAgent(ctx context.Context) (*qga.Client, error) {
 		}},
 	}
 	if err := v.qmp.Execute(ctx, "chardev-add", chardev, nil); err != nil {
-		return nil, fmt.Errorf("vm: attach agent: %w", err)
+		return nil, err
 	}
 	// Connect before the port exists: nothing the agent sends once it opens the port is lost.
 	client, err := qga.Dial(ctx, path)
 	if err != nil {
 		_ = v.qmp.Execute(ctx, "chardev-remove", map[string]any{"id": agentChardev}, nil)
-		return nil, fmt.Errorf("vm: attach agent: %w", err)
+		return nil, err
 	}
-	fail := func(err error) (*qga.Client, error) {
-		client.Close()
-		v.oldAgentTrs = append(v.oldAgentTrs, client.Transcript())
-		return nil, fmt.Errorf("vm: attach agent: %w", err)
-	}
-	mark := v.qmp.Mark()
 	// Raw arguments: go-qemu's typed device_add cannot carry chardev and name.
 	port := map[string]any{
 		"driver": "virtserialport", "bus": "vser0.0", "chardev": agentChardev,
 		"name": AgentPortName, "id": agentDevice,
 	}
 	if err := v.qmp.Execute(ctx, "device_add", port, nil); err != nil {
+		client.Close()
+		v.oldAgentTrs = append(v.oldAgentTrs, client.Transcript())
 		_ = v.qmp.Execute(ctx, "chardev-remove", map[string]any{"id": agentChardev}, nil)
-		return fail(err)
+		return nil, err
 	}
 	// The device is in: from here on a failure leaves it attached, for DetachAgent or Close.
 	v.agent = client
-	if _, err := v.qmp.WaitEventAfter(ctx, mark, "VSERPORT_CHANGE", func(e qmp.Event) bool {
-		return e.Str("id") == agentDevice && e.Bool("open")
-	}); err != nil {
-		return nil, fmt.Errorf("vm: attach agent: the guest never opened %s (is the agent running?): %w", AgentPortName, err)
-	}
-	if err := client.SyncUntil(ctx, syncAttempt); err != nil {
-		return nil, fmt.Errorf("vm: attach agent: the port is open but the agent does not answer: %w", err)
-	}
-	v.logf("agent attached and answering")
 	return client, nil
 }
 

@@ -19,9 +19,13 @@ package vm
 // are kept with the state (read-only from then on), and each clone gets a fresh overlay over
 // them: clones never share a written block, and the bases stay untouched.
 //
-// The agent's port is not part of a snapshot: it is hot-plugged, and a hot-plugged device would
-// have to exist on every clone's command line. A clone attaches it after the restore
-// (AttachAgent), and the guest's agent starts when its port appears, as after a cold boot.
+// The agent's port may be part of a snapshot: when Save's ready function attached the agent
+// (AttachAgent), the saved guest has its agent running with the port open, and every clone
+// hot-plugs the same port (same chardev, id and bus, so the same port number) while QEMU waits
+// for the incoming state, connects to it, and has an agent that answers as soon as the guest
+// runs: no port to appear, no mdev or supervisor to notice it, no agent to exec (under TCG those
+// take most of a second). A template saved without the port gives clones without it, to attach
+// after the restore (AttachAgent), when the guest's agent starts as after a cold boot.
 //
 // What clones share and a cold boot would not: the guest's clock is as old as the snapshot
 // (Restore steps it back, see SetGuestClock), the kernel's RNG state (the same random numbers
@@ -46,6 +50,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/qgakit/qgakit/harness/qga"
 	"github.com/qgakit/qgakit/harness/qmp"
 )
 
@@ -87,9 +92,12 @@ type snapshotManifest struct {
 	Inputs []fileStamp `json:"inputs"`
 	// ConsoleReady is set when the console shell had run a command before the save: it is then
 	// reading its line in every clone, and a clone's console needs no WaitReady probe.
-	ConsoleReady bool      `json:"console_ready"`
-	StateBytes   int64     `json:"state_bytes"`
-	SavedAt      time.Time `json:"saved_at"`
+	ConsoleReady bool `json:"console_ready"`
+	// Agent is set when the agent's port was attached at the save: every clone plugs it before
+	// loading the state.
+	Agent      bool      `json:"agent,omitempty"`
+	StateBytes int64     `json:"state_bytes"`
+	SavedAt    time.Time `json:"saved_at"`
 	// SaveSeconds is how long stop + migrate to the state file took.
 	SaveSeconds float64 `json:"save_seconds"`
 }
@@ -135,8 +143,9 @@ func (t *Template) SaveTime() time.Duration {
 // Save boots the machine, runs ready on it (wait for the guest to be where every clone should
 // start, e.g. for its "ready" line on the serial log; nil to save right after QEMU started),
 // then stops it, saves its state into the template directory and ends that QEMU: a source can
-// be migrated once. ready must not attach the agent or hot-plug devices (Save refuses the
-// result): a clone's machine is the command line's.
+// be migrated once. ready may attach the agent (AttachAgent), which clones then start with,
+// answering; it must not detach it or hot-plug anything else (Save refuses the result): a
+// clone's machine is the command line's plus, at most, the agent's port.
 //
 // A directory is saved into once: Save fails when it already holds a snapshot.
 func (t *Template) Save(ctx context.Context, ready func(context.Context, *VM) error) error {
@@ -242,15 +251,21 @@ func (t *Template) saveLocked(ctx context.Context, ready func(context.Context, *
 		}
 	}
 	v.amu.Lock()
-	attached := v.agent != nil || len(v.oldAgentTrs) > 0
+	agent, detached := v.agent != nil, len(v.oldAgentTrs) > 0
 	v.amu.Unlock()
-	if attached {
-		return errors.New("the agent's port was attached before the save; attach it to each restored VM instead")
+	if detached {
+		return errors.New("the agent's port was detached or failed to attach before the save; a clone could not tell which port its guest holds")
+	}
+	if agent {
+		// A clone plugs the agent's port itself (plugAgentPort): it is the one hot-plug a
+		// snapshot may hold.
+		devices = append(devices, "/machine/peripheral/"+agentDevice)
+		slices.Sort(devices)
 	}
 	if after, err := v.peripherals(ctx); err != nil {
 		return err
 	} else if !slices.Equal(devices, after) {
-		return fmt.Errorf("devices were hot-plugged or unplugged before the save (%v at start, %v now); a snapshot's machine must be its command line's", devices, after)
+		return fmt.Errorf("devices were hot-plugged or unplugged before the save (%v at start, %v now); a snapshot's machine must be its command line's, plus the agent's port", devices, after)
 	}
 
 	v.console.readyMu.Lock()
@@ -282,6 +297,7 @@ func (t *Template) saveLocked(ctx context.Context, ready func(context.Context, *
 		QEMU:         m.Version(),
 		Inputs:       inputs,
 		ConsoleReady: consoleReady,
+		Agent:        agent,
 		StateBytes:   st.Size(),
 		SavedAt:      began,
 		SaveSeconds:  saveSeconds,
@@ -366,16 +382,19 @@ func RestoreTempRoot(dir string) RestoreOption {
 // the console, for guests without a console shell (and tests of the restore itself).
 func KeepSnapshotClock() RestoreOption { return func(c *restoreConfig) { c.keepClock = true } }
 
-// RestoreAgent makes Restore also attach the agent (AttachAgent), at the same time as it sets the
-// clock: the two wait on different channels (the console, the agent's port), so the restore
-// takes as long as the slower of them instead of both.
+// RestoreAgent makes Restore also return with the agent answering, at the same time as it sets
+// the clock: the two wait on different channels (the console, the agent's port), so the restore
+// takes as long as the slower of them instead of both. From a template saved with the agent
+// attached that is one sync; from one saved without, an AttachAgent.
 func RestoreAgent() RestoreOption { return func(c *restoreConfig) { c.agent = true } }
 
 // Restore starts a new VM from the saved state, on fresh overlays of every disk: QEMU with the
 // template's command line plus -incoming defer, migrate-incoming from the state file, cont, and
-// (unless KeepSnapshotClock) SetGuestClock. The guest then runs where Save's ready left it. The
-// agent's port is attached only with RestoreAgent (otherwise call AttachAgent: the guest's agent
-// starts when the port appears). ctx bounds the restore only, as for Start.
+// (unless KeepSnapshotClock) SetGuestClock. The guest then runs where Save's ready left it. A
+// template saved with the agent attached restores with it attached (Agent is set; RestoreAgent
+// also waits for it to answer); one saved without has the agent's port attached only with
+// RestoreAgent (otherwise call AttachAgent: the guest's agent starts when the port appears).
+// ctx bounds the restore only, as for Start.
 func (t *Template) Restore(ctx context.Context, opts ...RestoreOption) (*VM, error) {
 	v, err := t.restore(ctx, opts)
 	if err != nil {
@@ -453,6 +472,15 @@ func (t *Template) restore(ctx context.Context, opts []RestoreOption) (*VM, erro
 	if m.Version() != man.QEMU {
 		return fail(fmt.Errorf("saved by QEMU %s, this is %s", man.QEMU, m.Version()))
 	}
+	var agent *qga.Client
+	if man.Agent {
+		v.amu.Lock()
+		agent, err = v.plugAgentPort(ctx)
+		v.amu.Unlock()
+		if err != nil {
+			return fail(fmt.Errorf("plug the agent's port: %w", err))
+		}
+	}
 	statePath := filepath.Join(t.dir, snapshotStateFile)
 	if err := migrate(ctx, m, "migrate-incoming", map[string]any{"uri": "exec:cat " + shellQuote(statePath)}); err != nil {
 		return fail(fmt.Errorf("load the state: %w", err))
@@ -470,7 +498,14 @@ func (t *Template) restore(ctx context.Context, opts []RestoreOption) (*VM, erro
 	attached := make(chan struct{})
 	go func() {
 		defer close(attached)
-		if rc.agent {
+		switch {
+		case rc.agent && agent != nil:
+			// The guest's agent has the port open since before the save and knows nothing of
+			// this connection: a sync with 0xFF clears whatever it half-read.
+			if agentErr = agent.SyncUntil(ctx, syncAttempt); agentErr == nil {
+				v.logf("agent answering")
+			}
+		case rc.agent:
 			_, agentErr = v.AttachAgent(ctx)
 		}
 	}()

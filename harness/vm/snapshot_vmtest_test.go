@@ -11,6 +11,7 @@ package vm
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"os"
 	"path/filepath"
@@ -152,5 +153,62 @@ func TestSnapshotClockFollowsRTCBase(t *testing.T) {
 	lo, hi := base.Unix()-1, base.Add(time.Since(started)).Unix()+2
 	if secs < lo || secs > hi {
 		t.Errorf("guest clock %v, want within [%v, %v]", time.Unix(secs, 0).UTC(), time.Unix(lo, 0).UTC(), time.Unix(hi, 0).UTC())
+	}
+}
+
+// A template saved with the agent attached gives clones whose agent is the one that was running
+// at the save: it answers at once, holds the handle it had opened before the save, and the
+// guest's serial log shows no agent start (no port appeared, nothing was executed).
+func TestSnapshotWithAgentAttached(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	tiny, initrd := tinyWithAgent(t, ctx, testAgent())
+	tpl := NewTemplate(filepath.Join(t.TempDir(), "tpl"),
+		WithLog(testWriter{t}), WithTempRoot(t.TempDir()), WithMemory(256),
+		WithKernel(tiny.Kernel, initrd, tiny.Cmdline(image.TinyOptions{})),
+	)
+	var handle int64
+	err := tpl.Save(ctx, func(ctx context.Context, v *VM) error {
+		if _, err := v.WaitSerial(ctx, "TINY: READY"); err != nil {
+			return err
+		}
+		if _, err := v.Console().RunOK(ctx, "true"); err != nil {
+			return err
+		}
+		c, err := v.AttachAgent(ctx)
+		if err != nil {
+			return err
+		}
+		return c.Call(ctx, "guest-file-open", map[string]any{"path": "/run/saved", "mode": "w"}, &handle)
+	})
+	if err != nil {
+		t.Fatalf("Save: %v", err)
+	}
+	for i := range 2 {
+		v := tpl.RestoreT(t, ctx, RestoreName("clone"+strconv.Itoa(i)), RestoreAgent())
+		c := v.Agent()
+		if c == nil {
+			t.Fatalf("clone %d: no agent after a restore of a template saved with it", i)
+		}
+		word := "clone" + strconv.Itoa(i)
+		if err := c.Call(ctx, "guest-file-write", map[string]any{"handle": handle, "buf-b64": base64.StdEncoding.EncodeToString([]byte(word))}, nil); err != nil {
+			t.Fatalf("clone %d: write to the handle opened before the save: %v", i, err)
+		}
+		if err := c.Call(ctx, "guest-file-close", map[string]any{"handle": handle}, nil); err != nil {
+			t.Fatalf("clone %d: close: %v", i, err)
+		}
+		if out, err := v.Console().RunOK(ctx, "cat /run/saved"); err != nil || out != word {
+			t.Errorf("clone %d: the console reads %q, %v; want %q", i, out, err, word)
+		}
+		if log := string(v.SerialLog()); strings.Contains(log, image.EventAgentStart) {
+			t.Errorf("clone %d: the agent was started again after the restore:\n%s", i, log)
+		}
+		// The port still behaves as an attached one: unplug and plug it again.
+		if err := v.DetachAgent(ctx); err != nil {
+			t.Fatalf("clone %d: %v", i, err)
+		}
+		if _, err := v.AttachAgent(ctx); err != nil {
+			t.Fatalf("clone %d: attach again: %v", i, err)
+		}
 	}
 }
