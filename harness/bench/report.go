@@ -43,6 +43,9 @@ type Report struct {
 	Samples Samples `json:"samples"`
 	// Host has the agent numbers over a unix socket on the host, without a VM in the way.
 	Host *HostResults `json:"host,omitempty"`
+	// DebianCloud has the VM numbers again in the debian-cloud guest (systemd, cloud-init),
+	// or why they were not taken; nil when the VM benchmarks did not run.
+	DebianCloud *CloudResults `json:"debian_cloud,omitempty"`
 	// GoBench are the `go test -bench` results of the agent's packages (in-process, ours only).
 	GoBench []GoBench `json:"go_bench,omitempty"`
 	// Notes explain how to read the numbers.
@@ -65,6 +68,8 @@ type Image struct {
 	KernelVersion string `json:"kernel_version"`
 	MemoryMiB     int    `json:"memory_mib"`
 	VCPUs         int    `json:"vcpus"`
+	// CPU is QEMU's -cpu model, when the profile chooses one.
+	CPU string `json:"cpu,omitempty"`
 	// StateMB is the size of the snapshot's state file.
 	StateMB *float64 `json:"state_mb"`
 	// SaveS is how long stop + migrate to the state file took.
@@ -134,6 +139,29 @@ type Samples struct {
 	RefPingMsQuartiles  []float64 `json:"reference_ping_ms_min_q1_q2_q3_max"`
 }
 
+// CloudResults are the VM numbers of the debian-cloud guest: the same measurements as the
+// tiny guest's at the top level, in a guest that boots like a real system.
+type CloudResults struct {
+	// Measured is false when the image was not in the cache (bench never builds it) or the
+	// measurements were switched off; Skipped then says which.
+	Measured bool   `json:"measured"`
+	Skipped  string `json:"skipped,omitempty"`
+	// ImageDir is the image's cache directory.
+	ImageDir string `json:"image_dir,omitempty"`
+	// ColdBootS and RestoreS are medians of ColdBoots and Restores, as at the top level.
+	ColdBootS *float64 `json:"cold_boot_s"`
+	RestoreS  *float64 `json:"restore_s"`
+	ColdBoots int      `json:"cold_boots"`
+	Restores  int      `json:"restores"`
+	Image     Image    `json:"image"`
+	// Ours is bin/qga injected through the NoCloud seed; Reference is the qemu-ga the image
+	// itself carries (AGENT=image).
+	Ours      *AgentResult `json:"ours"`
+	Reference *AgentResult `json:"reference"`
+	Ratios    Ratios       `json:"ratios"`
+	Samples   Samples      `json:"samples"`
+}
+
 // HostResults are the agents' numbers over a unix socket on the host.
 type HostResults struct {
 	Ours      *AgentResult `json:"ours"`
@@ -182,6 +210,10 @@ func (r *Report) Finish() {
 	if r.Host != nil {
 		r.Host.Ratios = AgentRatios(r.Host.Ours, r.Host.Reference)
 	}
+	if c := r.DebianCloud; c != nil {
+		c.Ratios = AgentRatios(c.Ours, c.Reference)
+		c.Ratios.RestoreVsColdBoot = Ratio(c.RestoreS, c.ColdBootS)
+	}
 	r.Targets = []Target{
 		target("restore_vs_cold_boot", "<=", 0.1, r.Ratios.RestoreVsColdBoot),
 		target("ping_median ours/reference", "<=", 1.0, r.Ratios.PingMedian),
@@ -203,34 +235,15 @@ func target(name, op string, goal float64, v *float64) Target {
 	return t
 }
 
-// WriteTable prints the report as the table `make bench` shows.
+// WriteTable prints the report as the table `make bench` shows: the tiny guest's and the
+// host's numbers, then the debian-cloud guest's as a block of its own.
 func (r *Report) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	row := func(cells ...string) { fmt.Fprintln(tw, strings.Join(cells, "\t")+"\t") }
 	row("", "ours", "reference", "ours/ref", "goal")
-	agentRows := func(prefix string, o, ref *AgentResult, ra Ratios) {
-		get := func(a *AgentResult, f func(*AgentResult) string) string {
-			if a == nil {
-				return "-"
-			}
-			return f(a)
-		}
-		row(prefix+"ping median ms", get(o, func(a *AgentResult) string { return fmtNum(a.PingMedianMs) }),
-			get(ref, func(a *AgentResult) string { return fmtNum(a.PingMedianMs) }), fmtNum(ra.PingMedian), "<= 1.0")
-		row(prefix+"ping p90 ms", get(o, func(a *AgentResult) string { return fmtNum(a.PingP90Ms) }),
-			get(ref, func(a *AgentResult) string { return fmtNum(a.PingP90Ms) }), fmtNum(ra.PingP90), "")
-		row(prefix+"file read MB/s", get(o, func(a *AgentResult) string { return fmtNum(a.FileReadMBps) }),
-			get(ref, func(a *AgentResult) string { return fmtNum(a.FileReadMBps) }), fmtNum(ra.FileRead), ">= 1.5")
-		row(prefix+"RSS kB", get(o, func(a *AgentResult) string { return fmtInt(a.RSSKB) }),
-			get(ref, func(a *AgentResult) string { return fmtInt(a.RSSKB) }), fmtNum(ra.RSS), "<= 1.0")
-		row(prefix+"HWM kB", get(o, func(a *AgentResult) string { return fmtInt(a.HWMKB) }),
-			get(ref, func(a *AgentResult) string { return fmtInt(a.HWMKB) }), "", "")
-		row(prefix+"first sync ms", get(o, func(a *AgentResult) string { return fmtNum(a.FirstSyncMs) }),
-			get(ref, func(a *AgentResult) string { return fmtNum(a.FirstSyncMs) }), fmtNum(ra.FirstSync), "<= 1.0")
-	}
-	agentRows("VM ", r.Ours, r.Reference, r.Ratios)
+	agentRows(row, "VM ", r.Ours, r.Reference, r.Ratios)
 	if r.Host != nil {
-		agentRows("host ", r.Host.Ours, r.Host.Reference, r.Host.Ratios)
+		agentRows(row, "host ", r.Host.Ours, r.Host.Reference, r.Host.Ratios)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -246,10 +259,69 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	if r.DebianCloud != nil {
+		fmt.Fprintln(w)
+		if err := r.DebianCloud.writeTable(w); err != nil {
+			return err
+		}
+	}
 	for _, e := range r.Errors {
 		fmt.Fprintln(w, "error:", e)
 	}
 	return nil
+}
+
+// writeTable prints the debian-cloud block, or the line that says why there is none.
+func (c *CloudResults) writeTable(w io.Writer) error {
+	if !c.Measured {
+		_, err := fmt.Fprintf(w, "debian-cloud: %s\n", c.Skipped)
+		return err
+	}
+	im := c.Image
+	fmt.Fprintf(w, "debian-cloud guest (kernel %s, %d MiB, %d vCPUs, cpu %s; reference: the image's own qemu-ga)\n",
+		orDash(im.KernelVersion), im.MemoryMiB, im.VCPUs, orDash(im.CPU))
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	row := func(cells ...string) { fmt.Fprintln(tw, strings.Join(cells, "\t")+"\t") }
+	row("", "ours", "reference", "ours/ref", "goal")
+	agentRows(row, "VM ", c.Ours, c.Reference, c.Ratios)
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	row(fmt.Sprintf("cold boot s (median of %d)", c.ColdBoots), fmtNum(c.ColdBootS), "")
+	row(fmt.Sprintf("restore s (median of %d)", c.Restores), fmtNum(c.RestoreS), "")
+	row("restore/cold boot", fmtNum(c.Ratios.RestoreVsColdBoot), "goal <= 0.1")
+	return tw.Flush()
+}
+
+// agentRows prints one row per agent number: ours, the reference's, their ratio and its goal.
+func agentRows(row func(...string), prefix string, o, ref *AgentResult, ra Ratios) {
+	get := func(a *AgentResult, f func(*AgentResult) string) string {
+		if a == nil {
+			return "-"
+		}
+		return f(a)
+	}
+	row(prefix+"ping median ms", get(o, func(a *AgentResult) string { return fmtNum(a.PingMedianMs) }),
+		get(ref, func(a *AgentResult) string { return fmtNum(a.PingMedianMs) }), fmtNum(ra.PingMedian), "<= 1.0")
+	row(prefix+"ping p90 ms", get(o, func(a *AgentResult) string { return fmtNum(a.PingP90Ms) }),
+		get(ref, func(a *AgentResult) string { return fmtNum(a.PingP90Ms) }), fmtNum(ra.PingP90), "")
+	row(prefix+"file read MB/s", get(o, func(a *AgentResult) string { return fmtNum(a.FileReadMBps) }),
+		get(ref, func(a *AgentResult) string { return fmtNum(a.FileReadMBps) }), fmtNum(ra.FileRead), ">= 1.5")
+	row(prefix+"RSS kB", get(o, func(a *AgentResult) string { return fmtInt(a.RSSKB) }),
+		get(ref, func(a *AgentResult) string { return fmtInt(a.RSSKB) }), fmtNum(ra.RSS), "<= 1.0")
+	row(prefix+"HWM kB", get(o, func(a *AgentResult) string { return fmtInt(a.HWMKB) }),
+		get(ref, func(a *AgentResult) string { return fmtInt(a.HWMKB) }), "", "")
+	row(prefix+"first sync ms", get(o, func(a *AgentResult) string { return fmtNum(a.FirstSyncMs) }),
+		get(ref, func(a *AgentResult) string { return fmtNum(a.FirstSyncMs) }), fmtNum(ra.FirstSync), "<= 1.0")
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func suiteNote(s SuiteRun) string {

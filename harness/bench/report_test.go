@@ -98,3 +98,81 @@ BenchmarkFileRead/48MiB-2   	       3	 402675117 ns/op	 124.99 MB/s
 		t.Errorf("third: %+v", got[2])
 	}
 }
+
+// debian_cloud sits beside the tiny numbers without changing them, and says why it is empty
+// when the image was not there.
+func TestReportDebianCloud(t *testing.T) {
+	r := &Report{
+		ColdBootS: f(5), RestoreS: f(0.5),
+		DebianCloud: &CloudResults{
+			Measured: true, ColdBootS: f(40), RestoreS: f(2), ColdBoots: 3, Restores: 5,
+			Image:     Image{Profile: "debian-cloud", KernelVersion: "6.1.0-56-cloud-amd64", MemoryMiB: 512, VCPUs: 2, CPU: "qemu64"},
+			Ours:      &AgentResult{PingMedianMs: f(1), FileReadMBps: f(40), RSSKB: i(100), FirstSyncMs: f(30)},
+			Reference: &AgentResult{PingMedianMs: f(4), FileReadMBps: f(10), RSSKB: i(400), FirstSyncMs: f(60)},
+		},
+	}
+	r.Finish()
+	b, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(b, &top); err != nil {
+		t.Fatal(err)
+	}
+	if string(top["cold_boot_s"]) != "5" || string(top["restore_s"]) != "0.5" {
+		t.Errorf("top level cold_boot_s %s, restore_s %s: want tiny's 5 and 0.5", top["cold_boot_s"], top["restore_s"])
+	}
+	var cloud map[string]json.RawMessage
+	if err := json.Unmarshal(top["debian_cloud"], &cloud); err != nil {
+		t.Fatalf("debian_cloud: %v in %s", err, b)
+	}
+	for _, k := range []string{"measured", "cold_boot_s", "restore_s", "image", "ours", "reference", "ratios", "samples"} {
+		if _, ok := cloud[k]; !ok {
+			t.Errorf("debian_cloud lacks %q", k)
+		}
+	}
+	var ratios map[string]float64
+	if err := json.Unmarshal(cloud["ratios"], &ratios); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]float64{"restore_vs_cold_boot": 0.05, "ping_median": 0.25, "file_read": 4, "rss": 0.25, "first_sync": 0.5}
+	for k, v := range want {
+		if ratios[k] != v {
+			t.Errorf("debian_cloud ratio %s = %v, want %v", k, ratios[k], v)
+		}
+	}
+	if r.Ratios.RestoreVsColdBoot == nil || *r.Ratios.RestoreVsColdBoot != 0.1 {
+		t.Errorf("top-level restore_vs_cold_boot %v, want tiny's 0.1", fmtNum(r.Ratios.RestoreVsColdBoot))
+	}
+	var tab bytes.Buffer
+	if err := r.WriteTable(&tab); err != nil {
+		t.Fatal(err)
+	}
+	cloudAt := strings.Index(tab.String(), "debian-cloud guest (kernel 6.1.0-56-cloud-amd64, 512 MiB, 2 vCPUs, cpu qemu64")
+	if cloudAt < 0 || cloudAt < strings.Index(tab.String(), "machine") {
+		t.Fatalf("no debian-cloud block after the tiny one:\n%s", tab.String())
+	}
+	for _, s := range []string{"cold boot s (median of 3)", "40.00", "restore s (median of 5)", "0.050", "4.00"} {
+		if !strings.Contains(tab.String()[cloudAt:], s) {
+			t.Errorf("debian-cloud block lacks %q:\n%s", s, tab.String()[cloudAt:])
+		}
+	}
+
+	r.DebianCloud = &CloudResults{Skipped: "not cached (make e2e IMAGE=debian-cloud builds it)"}
+	r.Finish()
+	b, err = json.Marshal(r.DebianCloud)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"measured":false`) || !strings.Contains(string(b), `"cold_boot_s":null`) {
+		t.Errorf("a skipped debian_cloud: %s", b)
+	}
+	tab.Reset()
+	if err := r.WriteTable(&tab); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(tab.String(), "\ndebian-cloud: not cached (make e2e IMAGE=debian-cloud builds it)\n") {
+		t.Errorf("table of a skipped debian-cloud:\n%s", tab.String())
+	}
+}
