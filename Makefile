@@ -149,9 +149,13 @@ diff-host: agent
 # the agent answering by cold boot and by snapshot restore (median of 5), the suite's wall time
 # (`make e2e` with the defaults), and bin/qga against the reference qemu-ga in restored VMs of
 # the same shape and on the host: guest-ping round trips, 64 MiB guest-file-read throughput,
-# RSS, exec to first answered sync. It reports and asserts nothing about time; it fails only
-# when a measurement could not be taken. BENCH_SUITE=0 skips the suite (the longest part);
-# BENCH_FLAGS passes more flags (go run ./harness/bench/cmd/qgabench -h lists them).
+# RSS, exec to first answered sync. The same VM numbers are taken again in the debian-cloud
+# guest (bench.json's debian_cloud: cold boot median of 3, restores of 5, the image's own
+# qemu-ga as the reference) when its image is in the cache; bench never builds it (make e2e
+# IMAGE=debian-cloud does), and BENCH_FLAGS=-cloud=off|on skips it or fails without it.
+# It reports and asserts nothing about time; it fails only when a measurement could not be
+# taken. BENCH_SUITE=0 skips the suite (the longest part); BENCH_FLAGS passes more flags
+# (go run ./harness/bench/cmd/qgabench -h lists them).
 BENCH_SUITE ?= 1
 BENCH_REFERENCE ?= /usr/sbin/qemu-ga
 BENCH_FLAGS ?=

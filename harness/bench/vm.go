@@ -17,33 +17,65 @@ import (
 	"github.com/qgakit/qgakit/harness/vm"
 )
 
-// VMConfig is the VM shape and the agents of a VM benchmark run.
+// VMConfig is the VM shape and the agents of a VM benchmark run: the tiny image with both
+// agents injected, or a cloud image prepared once per agent.
 type VMConfig struct {
-	Tiny      *image.Tiny
-	Ours      string // agent binary, e.g. bin/qga
-	Reference string // e.g. /usr/sbin/qemu-ga
-	MemoryMiB int    // 0: the harness's default
-	VCPUs     int    // 0: the harness's default
+	// Tiny is the image both agents are injected into, unless CloudOurs is set.
+	Tiny *image.Tiny
+	// CloudOurs and CloudReference are a cloud image prepared (image.Prepare) with our agent
+	// and with the reference; they replace Tiny.
+	CloudOurs, CloudReference *image.Prepared
+	// Ours is our agent's binary, e.g. bin/qga.
+	Ours string
+	// Reference is the reference's, e.g. /usr/sbin/qemu-ga; on a cloud image only what the
+	// report calls it.
+	Reference string
+	// MemoryMiB and VCPUs override the profile's and the harness's defaults when not 0.
+	MemoryMiB, VCPUs int
 	// WorkDir holds the injected initramfs images and the snapshots.
 	WorkDir string
 	// Log receives the VMs' logs (QEMU command lines, serial lines); Progress one line per step.
 	Log, Progress io.Writer
 }
 
-// The agent's command line in the tiny guest, as its supervisor runs it (see harness/image).
+// Roles of the two agents a run compares (Template's argument).
+const (
+	Ours      = "ours"
+	Reference = "reference"
+)
+
+// The agent's command line in the guest, as the supervisors of both profiles run it (see
+// harness/image).
 const guestAgentArgs = "-m virtio-serial -p /dev/virtio-ports/" + vm.AgentPortName + " -l /run/qga.log"
 
-// guestFile is where the read benchmark's file lives in the guest: /tmp is a tmpfs, so the
-// agent's reads measure the agent and virtio-serial, not a disk.
-const guestFile = "/tmp/qgabench.bin"
+// Where the read benchmark's file lives in the guest: a tmpfs, so that the agent's reads
+// measure the agent and virtio-serial, not a disk. A systemd guest's /tmp is on its root disk,
+// and its /run is too small for the file (10% of the memory).
+const (
+	tinyGuestFile  = "/tmp/qgabench.bin"
+	cloudGuestFile = "/dev/shm/qgabench.bin"
+)
 
-// VMBench holds what a VM benchmark run prepared: one initramfs per agent.
-type VMBench struct {
-	cfg     VMConfig
-	initrds map[string]string // agent binary -> injected initramfs
+// guestBoot is how one agent's guest boots.
+type guestBoot struct {
+	binary string      // what the report calls the agent
+	opts   []vm.Option // kernel, CPU, the profile's disks
+	path   string      // the agent's path in the guest
+	// timeout bounds one boot up to the ready line on a loaded TCG host.
+	timeout time.Duration
 }
 
-// NewVMBench injects both agents into the tiny image.
+// VMBench holds what a VM benchmark run prepared: the boot of each agent's guest.
+type VMBench struct {
+	cfg     VMConfig
+	profile string
+	ready   string // the guest's ready line on ttyS0
+	file    string // the read benchmark's file in the guest
+	boots   map[string]*guestBoot
+}
+
+// NewVMBench injects both agents into the tiny image, or, with cfg.CloudOurs, writes the
+// seeds of both cloud guests.
 func NewVMBench(ctx context.Context, cfg VMConfig) (*VMBench, error) {
 	if cfg.Log == nil {
 		cfg.Log = io.Discard
@@ -51,25 +83,72 @@ func NewVMBench(ctx context.Context, cfg VMConfig) (*VMBench, error) {
 	if cfg.Progress == nil {
 		cfg.Progress = io.Discard
 	}
-	b := &VMBench{cfg: cfg, initrds: map[string]string{}}
-	for i, agent := range []string{cfg.Ours, cfg.Reference} {
-		out := filepath.Join(cfg.WorkDir, "initrd-"+strconv.Itoa(i))
+	b := &VMBench{cfg: cfg, boots: map[string]*guestBoot{}}
+	if cfg.CloudOurs != nil {
+		if cfg.CloudReference == nil {
+			return nil, errors.New("bench: a cloud image prepared with our agent but none with the reference")
+		}
+		b.profile, b.ready, b.file = cfg.CloudOurs.Profile, cfg.CloudOurs.Marker(image.EventReady), cloudGuestFile
+		for role, p := range map[string]*image.Prepared{Ours: cfg.CloudOurs, Reference: cfg.CloudReference} {
+			gb, err := preparedBoot(ctx, p)
+			if err != nil {
+				return nil, fmt.Errorf("%s agent's guest: %w", role, err)
+			}
+			gb.binary = cfg.Ours
+			if role == Reference {
+				gb.binary = cfg.Reference
+			}
+			b.boots[role] = gb
+		}
+		return b, nil
+	}
+	b.profile, b.ready, b.file = image.ProfileTiny, "TINY: "+image.EventReady, tinyGuestFile
+	for role, agent := range map[string]string{Ours: cfg.Ours, Reference: cfg.Reference} {
+		out := filepath.Join(cfg.WorkDir, "initrd-"+role)
 		if err := cfg.Tiny.InjectAgent(ctx, agent, out); err != nil {
 			return nil, fmt.Errorf("inject %s: %w", agent, err)
 		}
-		b.initrds[agent] = out
+		b.boots[role] = &guestBoot{
+			binary:  agent,
+			opts:    []vm.Option{vm.WithKernel(cfg.Tiny.Kernel, out, cfg.Tiny.Cmdline(image.TinyOptions{}))},
+			path:    image.AgentPath,
+			timeout: 2 * time.Minute,
+		}
 	}
 	return b, nil
 }
 
-// options is the VM shape for an agent. Every VM of a run has it, so that cold boots, restores
-// and both agents are compared in the same machine.
-func (b *VMBench) options(agent, name string) []vm.Option {
-	opts := []vm.Option{
-		vm.WithName(name),
-		vm.WithLog(b.cfg.Log),
-		vm.WithKernel(b.cfg.Tiny.Kernel, b.initrds[agent], b.cfg.Tiny.Cmdline(image.TinyOptions{})),
+// preparedBoot turns a prepared image's default guest into vm options the way the specs do
+// (specs/suite_test.go's guestVMOptions): the kernel, the profile's memory and CPU, then its
+// own disks, found by label in the guest.
+func preparedBoot(ctx context.Context, p *image.Prepared) (*guestBoot, error) {
+	g, err := p.Guest(ctx, image.GuestOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("IMAGE=%s: %w", p.Image, err)
 	}
+	var opts []vm.Option
+	if g.Kernel != "" {
+		opts = append(opts, vm.WithKernel(g.Kernel, g.Initrd, g.Cmdline))
+	}
+	if g.MemoryMiB > 0 {
+		opts = append(opts, vm.WithMemory(g.MemoryMiB))
+	}
+	if g.CPU != "" {
+		opts = append(opts, vm.WithCPU(g.CPU))
+	}
+	for _, d := range g.Disks {
+		opts = append(opts, vm.WithDisk(vm.Disk{Path: d.Path, Format: d.Format, Overlay: d.Overlay,
+			ReadOnly: d.ReadOnly, Boot: d.Boot, Node: d.Node}))
+	}
+	return &guestBoot{opts: opts, path: p.AgentPath(), timeout: g.BootTimeout}, nil
+}
+
+// options is the VM shape for an agent's guest. Every VM of a run has it, so that cold boots,
+// restores and both agents are compared in the same machine.
+func (b *VMBench) options(role, name string) []vm.Option {
+	opts := []vm.Option{vm.WithName(name), vm.WithLog(b.cfg.Log)}
+	opts = append(opts, b.boots[role].opts...)
+	// After the profile's own choice of memory, which the flag overrides.
 	if b.cfg.MemoryMiB > 0 {
 		opts = append(opts, vm.WithMemory(b.cfg.MemoryMiB))
 	}
@@ -83,15 +162,29 @@ func (b *VMBench) progressf(format string, a ...any) {
 	fmt.Fprintf(b.cfg.Progress, "%s bench: %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, a...))
 }
 
-// guestReady waits until the tiny guest has finished booting: its ready line, the modules it
-// loads in the background, a console command (so that clones skip the console probe), and the
-// agent attached and answering.
-func guestReady(ctx context.Context, v *vm.VM) error {
-	if _, err := v.WaitSerial(ctx, "TINY: READY"); err != nil {
-		return err
+// guestReady waits until the guest has finished booting: its ready line; on tiny the modules
+// it loads in the background and a console command, on a cloud image the console and systemd
+// done starting units (so that clones spend no time on either); then the agent attached and
+// answering.
+func (b *VMBench) guestReady(ctx context.Context, v *vm.VM) error {
+	if _, err := v.WaitSerial(ctx, b.ready); err != nil {
+		return fmt.Errorf("wait for %q: %w", b.ready, err)
 	}
-	if _, err := v.WaitSerial(ctx, "TINY: late-modules-loaded"); err != nil {
-		return err
+	if b.profile == image.ProfileTiny {
+		if _, err := v.WaitSerial(ctx, "TINY: late-modules-loaded"); err != nil {
+			return fmt.Errorf("wait for the late modules: %w", err)
+		}
+	} else {
+		if err := v.Console().WaitReady(ctx); err != nil {
+			return err
+		}
+		// Bounded in the guest, so that a unit that never settles cannot hold the console;
+		// "degraded" (its non-zero exit) is as finished as "running".
+		out, _, err := v.Console().Run(ctx, "timeout 180 systemctl is-system-running --wait")
+		if err != nil {
+			return fmt.Errorf("wait for systemd to finish the boot: %w", err)
+		}
+		b.progressf("systemd: %s", strings.TrimSpace(out))
 	}
 	if _, err := v.Console().RunOK(ctx, ":"); err != nil {
 		return err
@@ -108,23 +201,31 @@ func guestReady(ctx context.Context, v *vm.VM) error {
 func (b *VMBench) ColdBoots(ctx context.Context, n int) ([]time.Duration, *vm.VM, error) {
 	var out []time.Duration
 	var last *vm.VM
-	for i := range n {
+	boot := func(i int) (time.Duration, *vm.VM, error) {
+		bctx, cancel := context.WithTimeout(ctx, b.boots[Ours].timeout)
+		defer cancel()
 		t0 := time.Now()
-		v, err := vm.Start(ctx, b.options(b.cfg.Ours, "cold"+strconv.Itoa(i))...)
+		v, err := vm.Start(bctx, b.options(Ours, "cold"+strconv.Itoa(i))...)
 		if err != nil {
-			return out, nil, err
+			return 0, nil, err
 		}
-		if _, err := v.WaitSerial(ctx, "TINY: READY"); err != nil {
+		if _, err := v.WaitSerial(bctx, b.ready); err != nil {
 			v.Close()
-			return out, nil, fmt.Errorf("cold boot %d: %w", i, err)
+			return 0, nil, fmt.Errorf("cold boot %d: %w", i, err)
 		}
-		if _, err := v.AttachAgent(ctx); err != nil {
+		if _, err := v.AttachAgent(bctx); err != nil {
 			v.Close()
-			return out, nil, fmt.Errorf("cold boot %d: %w", i, err)
+			return 0, nil, fmt.Errorf("cold boot %d: %w", i, err)
 		}
-		d := time.Since(t0)
+		return time.Since(t0), v, nil
+	}
+	for i := range n {
+		d, v, err := boot(i)
+		if err != nil {
+			return out, last, err
+		}
 		out = append(out, d)
-		b.progressf("cold boot %d/%d: %.2fs", i+1, n, d.Seconds())
+		b.progressf("%s cold boot %d/%d: %.2fs", b.profile, i+1, n, d.Seconds())
 		if last != nil {
 			last.Close()
 		}
@@ -133,11 +234,18 @@ func (b *VMBench) ColdBoots(ctx context.Context, n int) ([]time.Duration, *vm.VM
 	return out, last, nil
 }
 
-// Template saves the agent's VM once, in the run's work dir.
-func (b *VMBench) Template(ctx context.Context, agent, name string) (*vm.Template, error) {
-	tpl := vm.NewTemplate(filepath.Join(b.cfg.WorkDir, "tpl-"+name), b.options(agent, name)...)
-	if err := tpl.Save(ctx, guestReady); err != nil {
-		return nil, err
+// Template saves the VM of the agent in role (Ours or Reference) once, in the run's work dir.
+func (b *VMBench) Template(ctx context.Context, role string) (*vm.Template, error) {
+	gb, ok := b.boots[role]
+	if !ok {
+		return nil, fmt.Errorf("bench: no agent %q", role)
+	}
+	// A boot, plus systemd's own bound on finishing it.
+	ctx, cancel := context.WithTimeout(ctx, gb.timeout+4*time.Minute)
+	defer cancel()
+	tpl := vm.NewTemplate(filepath.Join(b.cfg.WorkDir, "tpl-"+role), b.options(role, role)...)
+	if err := tpl.Save(ctx, b.guestReady); err != nil {
+		return nil, fmt.Errorf("save the %s agent's %s guest: %w", role, b.profile, err)
 	}
 	return tpl, nil
 }
@@ -163,7 +271,8 @@ func (b *VMBench) Restores(ctx context.Context, tpl *vm.Template, n int) ([]time
 // guestAgent is one agent's restored VM under measurement.
 type guestAgent struct {
 	name   string
-	binary string
+	path   string // in the guest
+	stop   string // the console command that stops the agent and its supervisor
 	v      *vm.VM
 	c      *Agent
 	res    *AgentResult
@@ -183,9 +292,10 @@ type AgentOptions struct {
 // (alternating between the two, block by block, so that a change in the host's load hits both
 // alike), and returns the results with the raw samples.
 func (b *VMBench) CompareAgents(ctx context.Context, ours, ref *vm.Template, o AgentOptions) (map[string]*AgentResult, *Samples, error) {
-	agents := []*guestAgent{
-		{name: "ours", binary: b.cfg.Ours, res: &AgentResult{Binary: b.cfg.Ours}},
-		{name: "reference", binary: b.cfg.Reference, res: &AgentResult{Binary: b.cfg.Reference}},
+	var agents []*guestAgent
+	for _, role := range []string{Ours, Reference} {
+		gb := b.boots[role]
+		agents = append(agents, &guestAgent{name: role, path: gb.path, stop: b.stopAgent(gb.path), res: &AgentResult{Binary: gb.binary}})
 	}
 	defer func() {
 		for _, g := range agents {
@@ -219,7 +329,7 @@ func (b *VMBench) CompareAgents(ctx context.Context, ours, ref *vm.Template, o A
 		g.res.Version = info.Version
 		// 64 MiB of random bytes in the guest's tmpfs, and their hash as the guest computes it.
 		out, err := v.Console().RunOK(ctx, fmt.Sprintf("dd if=/dev/urandom of=%s bs=1M count=%d 2>/dev/null && sha256sum %s",
-			guestFile, BenchFileSize>>20, guestFile))
+			b.file, BenchFileSize>>20, b.file))
 		if err != nil {
 			return nil, nil, fmt.Errorf("%s: make the file: %w", g.name, err)
 		}
@@ -253,7 +363,7 @@ func (b *VMBench) CompareAgents(ctx context.Context, ours, ref *vm.Template, o A
 	b.progressf("guest-file-read of %d MiB x%d per agent", BenchFileSize>>20, o.FileReads)
 	for range o.FileReads {
 		for _, g := range agents {
-			d, err := FileRead(ctx, g.c, guestFile, BenchFileSize, g.sha)
+			d, err := FileRead(ctx, g.c, b.file, BenchFileSize, g.sha)
 			if err != nil {
 				fail(g, "file read", err)
 				continue
@@ -262,7 +372,7 @@ func (b *VMBench) CompareAgents(ctx context.Context, ours, ref *vm.Template, o A
 		}
 	}
 	for _, g := range agents {
-		rss, hwm, err := agentMemory(ctx, g.v)
+		rss, hwm, err := agentMemory(ctx, g.v, g.path)
 		if err != nil {
 			fail(g, "memory", err)
 			continue
@@ -298,7 +408,7 @@ func (b *VMBench) CompareAgents(ctx context.Context, ours, ref *vm.Template, o A
 		}
 		results[g.name] = g.res
 		quart := quartiles(ms)
-		if g.name == "ours" {
+		if g.name == Ours {
 			s.OursFileReadMBps, s.OursFirstSyncMs, s.OursPingMsQuartiles = roundAll(g.reads, 2), roundAll(g.syncs, 1), quart
 		} else {
 			s.RefFileReadMBps, s.RefFirstSyncMs, s.RefPingMsQuartiles = roundAll(g.reads, 2), roundAll(g.syncs, 1), quart
@@ -307,9 +417,11 @@ func (b *VMBench) CompareAgents(ctx context.Context, ours, ref *vm.Template, o A
 	return results, s, errors.Join(errs...)
 }
 
-// agentMemory reads VmRSS and VmHWM (kB) of the guest's agent process from the console.
-func agentMemory(ctx context.Context, v *vm.VM) (rss, hwm int64, err error) {
-	out, err := v.Console().RunOK(ctx, "set -- $(pidof agent); [ $# -eq 1 ] || { echo \"agents: $*\"; exit 1; }; grep -E '^Vm(RSS|HWM):' /proc/$1/status")
+// agentMemory reads VmRSS and VmHWM (kB) of the guest's agent process, the one running path,
+// from the console.
+func agentMemory(ctx context.Context, v *vm.VM, path string) (rss, hwm int64, err error) {
+	out, err := v.Console().RunOK(ctx, fmt.Sprintf("set -- $(pidof %s); [ $# -eq 1 ] || { echo \"agents: $*\"; exit 1; }; grep -E '^Vm(RSS|HWM):' /proc/$1/status",
+		filepath.Base(path)))
 	if err != nil {
 		return 0, 0, err
 	}
@@ -318,6 +430,20 @@ func agentMemory(ctx context.Context, v *vm.VM) (rss, hwm int64, err error) {
 		return 0, 0, fmt.Errorf("no VmRSS/VmHWM in %q", out)
 	}
 	return rss, hwm, nil
+}
+
+// stopAgent is the console command that stops the agent running path for good, the first
+// time firstSync starts it by hand.
+func (b *VMBench) stopAgent(path string) string {
+	if b.profile != image.ProfileTiny {
+		// The seed runs the supervisor as a transient unit that systemd restarts; stopping the
+		// unit ends the agent with it.
+		return "systemctl stop qgakit-agent"
+	}
+	// The supervisor is the agent's parent: stop it first, or it restarts the agent.
+	return fmt.Sprintf(`set -- $(pidof %s); [ $# -eq 1 ] || { echo "agents: $*"; exit 1; }; `, filepath.Base(path)) +
+		`s=$(awk '/^PPid:/{print $2}' /proc/$1/status); grep -q supervisor /proc/$s/cmdline || ` +
+		`{ echo "the agent's parent $s is no supervisor"; exit 1; }; kill $s && kill $1`
 }
 
 // firstSync measures the time from the agent's exec to its first answered sync. The agent is
@@ -332,10 +458,7 @@ func (g *guestAgent) firstSync(ctx context.Context) (time.Duration, error) {
 	mark := m.Mark()
 	stop := "kill $(cat /run/qgabench-agent.pid)"
 	if !g.manual {
-		// The supervisor is the agent's parent: stop it first, or it restarts the agent.
-		stop = `set -- $(pidof agent); [ $# -eq 1 ] || { echo "agents: $*"; exit 1; }; ` +
-			`s=$(awk '/^PPid:/{print $2}' /proc/$1/status); grep -q supervisor /proc/$s/cmdline || ` +
-			`{ echo "the agent's parent $s is no supervisor"; exit 1; }; kill $s && kill $1`
+		stop = g.stop
 	}
 	if _, err := g.v.Console().RunOK(ctx, stop); err != nil {
 		return 0, fmt.Errorf("stop the agent: %w", err)
@@ -368,7 +491,7 @@ func (g *guestAgent) firstSync(ctx context.Context) (time.Duration, error) {
 		answered <- stamp{at, err}
 	}()
 	launch := fmt.Sprintf("sh -c 'echo $$ > /run/qgabench-agent.pid; echo %s > /dev/ttyS0; exec %s %s' </dev/null >>/run/qga.out 2>&1 &",
-		marker, image.AgentPath, guestAgentArgs)
+		marker, g.path, guestAgentArgs)
 	if _, err := g.v.Console().RunOK(ctx, launch); err != nil {
 		return 0, fmt.Errorf("start the agent: %w", err)
 	}

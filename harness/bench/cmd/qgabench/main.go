@@ -1,6 +1,7 @@
 // Command qgabench is `make bench`: it measures cold boot against snapshot restore, the suite's
-// wall time, and our agent against the reference in the same VM shape and the same run, then
-// writes bench.json and prints a table. It reports; it asserts nothing about time. It exits 1
+// wall time, and our agent against the reference in the same VM shape and the same run, on the
+// tiny image and, when its image is in the cache, on debian-cloud, then writes bench.json and
+// prints a table. It reports; it asserts nothing about time. It exits 1
 // when a measurement failed (the report is still written, with that number null and the error
 // listed).
 package main
@@ -40,12 +41,24 @@ type options struct {
 	benchtime       string
 	memMiB, vcpus   int
 	timeout         time.Duration
+	cloud           string
+	cloudN          int
 }
+
+// Values of -cloud.
+const (
+	cloudAuto = "auto"
+	cloudOn   = "on"
+	cloudOff  = "off"
+)
+
+// cloudNotCached is what the report says when the image is not there to measure.
+const cloudNotCached = "not cached (make e2e IMAGE=debian-cloud builds it)"
 
 func main() {
 	var o options
 	flag.StringVar(&o.ours, "ours", "bin/qga", "our agent binary")
-	flag.StringVar(&o.reference, "reference", "/usr/sbin/qemu-ga", "the reference agent binary")
+	flag.StringVar(&o.reference, "reference", "/usr/sbin/qemu-ga", "the reference agent binary, on tiny and the host (on debian-cloud the reference is the image's own qemu-ga)")
 	flag.StringVar(&o.out, "out", "_artifacts/bench.json", "where to write the report")
 	flag.StringVar(&o.vmLog, "vm-log", "", "the VMs' log (QEMU command lines, serial lines); default bench-vm.log beside -out")
 	flag.StringVar(&o.repo, "repo", ".", "the repository, for `make e2e` and `go test -bench`")
@@ -62,7 +75,15 @@ func main() {
 	flag.IntVar(&o.memMiB, "mem", 0, "guest memory in MiB (0: the harness's default, as the suite uses)")
 	flag.IntVar(&o.vcpus, "smp", 0, "guest vCPUs (0: the harness's default)")
 	flag.DurationVar(&o.timeout, "timeout", 3*time.Hour, "bound for the whole run")
+	flag.StringVar(&o.cloud, "cloud", cloudAuto, "measure the debian-cloud guest too: auto (when the image is in the cache; "+
+		"it is never built here), on (fail when it is not), off")
+	flag.IntVar(&o.cloudN, "cloud-n", 3, "debian-cloud cold boots to take the median of (fewer than -n: each takes "+
+		"30 s to minutes under TCG); its restores are -n")
 	flag.Parse()
+	if o.cloud != cloudAuto && o.cloud != cloudOn && o.cloud != cloudOff {
+		fmt.Fprintf(os.Stderr, "qgabench: -cloud=%s: want auto, on or off\n", o.cloud)
+		os.Exit(2)
+	}
 	if o.vmLog == "" {
 		o.vmLog = filepath.Join(filepath.Dir(o.out), "bench-vm.log")
 	}
@@ -141,6 +162,12 @@ func run(ctx context.Context, o options) (*bench.Report, error) {
 			fail("VM benchmarks", err)
 		}
 	}
+	if o.vms && ctx.Err() == nil {
+		r.DebianCloud = &bench.CloudResults{}
+		if err := runCloud(ctx, o, r.DebianCloud, fail); err != nil {
+			fail("debian-cloud VM benchmarks", err)
+		}
+	}
 	if o.suite && ctx.Err() == nil {
 		progressf("the suite: make e2e %s (this takes a while; -suite=false skips it)", o.suiteArgs)
 		// Its reports go to a dir of their own, so that a `make e2e` someone runs meanwhile
@@ -208,20 +235,20 @@ func runVMs(ctx context.Context, o options, r *bench.Report, fail func(string, e
 		fail("cold boot", err)
 	}
 	if last != nil {
-		describe(ctx, last, r)
+		describe(ctx, last, &r.Machine, &r.Image)
 		last.Close()
 	}
 
 	progressf("snapshots: one per agent")
-	ours, err := b.Template(ctx, o.ours, "ours")
+	ours, err := b.Template(ctx, bench.Ours)
 	if err != nil {
-		return fmt.Errorf("save our agent's template: %w", err)
+		return err
 	}
 	r.Image.StateMB = bench.Num(float64(ours.StateBytes())/1e6, 1)
 	r.Image.SaveS = bench.Num(ours.SaveTime().Seconds(), 2)
-	ref, err := b.Template(ctx, o.reference, "reference")
+	ref, err := b.Template(ctx, bench.Reference)
 	if err != nil {
-		return fmt.Errorf("save the reference's template: %w", err)
+		return err
 	}
 	progressf("restores x%d (QEMU start to the agent answering)", o.n)
 	restores, err := b.Restores(ctx, ours, o.n)
@@ -241,7 +268,7 @@ func runVMs(ctx context.Context, o options, r *bench.Report, fail func(string, e
 		r.Samples.ColdBootS, r.Samples.RestoreS = cb, rs
 	}
 	if res != nil {
-		r.Ours, r.Reference = res["ours"], res["reference"]
+		r.Ours, r.Reference = res[bench.Ours], res[bench.Reference]
 	}
 	if err != nil {
 		fail("agents in the VM", err)
@@ -249,19 +276,129 @@ func runVMs(ctx context.Context, o options, r *bench.Report, fail func(string, e
 	return nil
 }
 
+// runCloud takes the VM numbers again in the debian-cloud guest, when its image is in the
+// cache: building it takes minutes and is `make e2e IMAGE=debian-cloud`'s job, not the bench's.
+// Our agent goes in through the NoCloud seed, as in the suite; the reference is the qemu-ga the
+// image carries (AGENT=image), Debian's own package of the host's release.
+func runCloud(ctx context.Context, o options, c *bench.CloudResults, fail func(string, error)) error {
+	if o.cloud == cloudOff {
+		c.Skipped = "off (-cloud=off)"
+		return nil
+	}
+	progressf("debian-cloud: looking the image up in the cache (it is not built here)")
+	cl, err := image.CachedDebianCloud(ctx)
+	if err != nil {
+		c.Skipped = cloudNotCached
+		if !errors.Is(err, image.ErrNotCached) {
+			c.Skipped = fmt.Sprintf("not available (%v)", err)
+		}
+		progressf("debian-cloud: %s", c.Skipped)
+		if o.cloud == cloudOn {
+			return err
+		}
+		return nil
+	}
+	c.ImageDir = cl.Dir
+	c.Image = bench.Image{Profile: image.ProfileDebianCloud, KernelVersion: cl.KernelVersion}
+
+	logf, err := os.OpenFile(o.vmLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return fmt.Errorf("VM log: %w", err)
+	}
+	defer logf.Close()
+	defer vm.CloseAll()
+	work, err := os.MkdirTemp("", "qgabench-cloud-")
+	if err != nil {
+		return fmt.Errorf("work dir: %w", err)
+	}
+	defer os.RemoveAll(work)
+	ic := image.Config{Image: image.ProfileDebianCloud, Agent: o.ours, Dir: filepath.Join(work, "ours"), Progress: logf}
+	ours, err := image.Prepare(ctx, ic)
+	if err != nil {
+		return fmt.Errorf("prepare debian-cloud with %s: %w", o.ours, err)
+	}
+	ic.Agent, ic.Dir = image.AgentFromImage, filepath.Join(work, "reference")
+	ref, err := image.Prepare(ctx, ic)
+	if err != nil {
+		return fmt.Errorf("prepare debian-cloud with its own qemu-ga: %w", err)
+	}
+	b, err := bench.NewVMBench(ctx, bench.VMConfig{
+		CloudOurs: ours, CloudReference: ref, Ours: o.ours, Reference: ref.AgentPath() + " (the image's)",
+		MemoryMiB: o.memMiB, VCPUs: o.vcpus, WorkDir: work, Log: logf, Progress: os.Stderr,
+	})
+	if err != nil {
+		return err
+	}
+	c.Measured = true
+
+	progressf("debian-cloud: cold boots x%d (QEMU start to the agent answering)", o.cloudN)
+	cold, last, err := b.ColdBoots(ctx, o.cloudN)
+	c.ColdBoots = len(cold)
+	c.Samples.ColdBootS = round(bench.Seconds(cold))
+	if len(cold) > 0 {
+		c.ColdBootS = bench.Num(bench.Median(bench.Seconds(cold)), 3)
+	}
+	if err != nil {
+		fail("debian-cloud cold boot", err)
+	}
+	if last != nil {
+		describe(ctx, last, &bench.Machine{}, &c.Image)
+		last.Close()
+	}
+
+	progressf("debian-cloud: snapshots, one per agent (a boot and systemd finishing it, each)")
+	oursTpl, err := b.Template(ctx, bench.Ours)
+	if err != nil {
+		return err
+	}
+	c.Image.StateMB = bench.Num(float64(oursTpl.StateBytes())/1e6, 1)
+	c.Image.SaveS = bench.Num(oursTpl.SaveTime().Seconds(), 2)
+	refTpl, err := b.Template(ctx, bench.Reference)
+	if err != nil {
+		return err
+	}
+	progressf("debian-cloud: restores x%d (QEMU start to the agent answering)", o.n)
+	restores, err := b.Restores(ctx, oursTpl, o.n)
+	c.Restores = len(restores)
+	c.Samples.RestoreS = round(bench.Seconds(restores))
+	if len(restores) > 0 {
+		c.RestoreS = bench.Num(bench.Median(bench.Seconds(restores)), 3)
+	}
+	if err != nil {
+		fail("debian-cloud restore", err)
+	}
+
+	progressf("debian-cloud: ours against the reference, each in a restored VM of the same shape")
+	res, samples, err := b.CompareAgents(ctx, oursTpl, refTpl, o.agent)
+	if samples != nil {
+		cb, rs := c.Samples.ColdBootS, c.Samples.RestoreS
+		c.Samples = *samples
+		c.Samples.ColdBootS, c.Samples.RestoreS = cb, rs
+	}
+	if res != nil {
+		c.Ours, c.Reference = res[bench.Ours], res[bench.Reference]
+	}
+	if err != nil {
+		fail("debian-cloud agents in the VM", err)
+	}
+	return nil
+}
+
 // describe fills in the machine and image facts a VM knows.
-func describe(ctx context.Context, v *vm.VM, r *bench.Report) {
-	r.Machine.QEMU = v.QMP().Version()
+func describe(ctx context.Context, v *vm.VM, m *bench.Machine, im *bench.Image) {
+	m.QEMU = v.QMP().Version()
 	if kvm, err := bench.QueryKVM(ctx, v); err == nil {
-		r.Machine.KVM = kvm
+		m.KVM = kvm
 	}
 	args := v.CommandLine()
 	for i := 0; i+1 < len(args); i++ {
 		switch args[i] {
 		case "-m":
-			r.Image.MemoryMiB, _ = strconv.Atoi(args[i+1])
+			im.MemoryMiB, _ = strconv.Atoi(args[i+1])
 		case "-smp":
-			r.Image.VCPUs, _ = strconv.Atoi(args[i+1])
+			im.VCPUs, _ = strconv.Atoi(args[i+1])
+		case "-cpu":
+			im.CPU = args[i+1]
 		}
 	}
 }
@@ -281,6 +418,11 @@ func notes(o options) []string {
 			"so that load changes hit both alike. Other VMs on the host make every number noisy: see machine.load_avg_*.",
 		fmt.Sprintf("pings %d, file reads %d, first syncs %d per agent; %d cold boots and restores.",
 			o.agent.Pings, o.agent.FileReads, o.agent.FirstSyncs, o.n),
+		fmt.Sprintf("debian_cloud: the same numbers in the debian-cloud guest when its image is in the cache (-cloud=%s; "+
+			"bench never builds it), with %d cold boots (-cloud-n) and %d restores. Our agent is injected through the NoCloud "+
+			"seed; the reference is the image's own qemu-ga (AGENT=image). A snapshot is saved once systemd has finished "+
+			"the boot (is-system-running --wait), with the agent attached; the read benchmark's file is in /dev/shm.",
+			o.cloud, o.cloudN, o.n),
 	}
 }
 
