@@ -267,7 +267,10 @@ func robustFileOffsets(ctx context.Context, guest *vm.VM, path string) []int64 {
 // console computes it.
 func robustConsoleRangeSHA256(ctx context.Context, guest *vm.VM, path string, off, n int64) string {
 	GinkgoHelper()
-	out, err := guest.Console().RunOK(ctx, fmt.Sprintf("tail -c +%d %s | head -c %d | sha256sum", off+1, path, n))
+	// head first: tail reads to the end of its input, so no writer in the pipe meets a closed
+	// reader (a console under systemd ignores SIGPIPE, and coreutils' tail then says "write
+	// error" instead of dying quietly).
+	out, err := guest.Console().RunOK(ctx, fmt.Sprintf("head -c %d %s | tail -c %d | sha256sum", off+n, path, n))
 	Expect(err).NotTo(HaveOccurred())
 	return strings.Fields(out)[0]
 }
