@@ -485,36 +485,45 @@ func (t *Template) restore(ctx context.Context, opts []RestoreOption) (*VM, erro
 	if err := migrate(ctx, m, "migrate-incoming", map[string]any{"uri": "exec:cat " + shellQuote(statePath)}); err != nil {
 		return fail(fmt.Errorf("load the state: %w", err))
 	}
-	if err := m.Execute(ctx, "cont", nil, nil); err != nil {
-		return fail(err)
-	}
-	v.logf("restored from %s in %v", t.dir, time.Since(began).Round(time.Millisecond))
+	// The clock's console command and the agent's sync are written before cont: they wait in
+	// QEMU's socket buffers while the guest is paused and are the first thing it reads when it
+	// runs, so the restore pays for no console or agent round trip after cont. (The clock is
+	// then set from a time taken a few milliseconds before the guest reads it; date -s takes
+	// whole seconds anyway.)
 	if man.ConsoleReady {
 		v.console.readyMu.Lock()
 		v.console.ready = true
 		v.console.readyMu.Unlock()
 	}
-	var agentErr error
-	attached := make(chan struct{})
-	go func() {
-		defer close(attached)
-		switch {
-		case rc.agent && agent != nil:
-			// The guest's agent has the port open since before the save and knows nothing of
-			// this connection: a sync with 0xFF clears whatever it half-read.
-			if agentErr = agent.SyncUntil(ctx, syncAttempt); agentErr == nil {
+	clockErr, syncErr := make(chan error, 1), make(chan error, 1)
+	if rc.keepClock {
+		clockErr <- nil
+	} else {
+		go func() { clockErr <- v.SetGuestClock(ctx) }()
+	}
+	if rc.agent && agent != nil {
+		// The guest's agent has the port open since before the save and knows nothing of this
+		// connection: a sync with 0xFF clears whatever it half-read.
+		go func() {
+			err := agent.SyncUntil(ctx, syncAttempt)
+			if err == nil {
 				v.logf("agent answering")
 			}
-		case rc.agent:
-			_, agentErr = v.AttachAgent(ctx)
-		}
-	}()
-	var clockErr error
-	if !rc.keepClock {
-		clockErr = v.SetGuestClock(ctx)
+			syncErr <- err
+		}()
+	} else {
+		syncErr <- nil
 	}
-	<-attached
-	if err := errors.Join(clockErr, agentErr); err != nil {
+	// On a failure from here on, the caller's Close ends the two waits above.
+	if err := m.Execute(ctx, "cont", nil, nil); err != nil {
+		return fail(err)
+	}
+	v.logf("restored from %s in %v", t.dir, time.Since(began).Round(time.Millisecond))
+	var attachErr error
+	if rc.agent && agent == nil {
+		_, attachErr = v.AttachAgent(ctx)
+	}
+	if err := errors.Join(<-clockErr, <-syncErr, attachErr); err != nil {
 		return fail(err)
 	}
 	return v, nil
