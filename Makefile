@@ -7,11 +7,15 @@ GO ?= go
 
 # The agent under test (`make e2e AGENT=/usr/sbin/qemu-ga`; AGENT=image runs a cloud image's own
 # qemu-ga and is passed on as the word, not a path), the image profile, a Ginkgo label filter and
-# the number of Ginkgo processes.
+# the number of Ginkgo processes. PROCS defaults to what fits the machine: a guest keeps two
+# vCPU threads busy under TCG, so one process per two cores, and at most one per 1.5 GiB of
+# available memory (a guest and its QEMU); one on a 2-core machine.
 AGENT ?= bin/qga
 IMAGE ?= tiny
 LABELS ?=
-PROCS ?= 1
+PROCS ?= $(shell n=$$(( $$(nproc) / 2 )); \
+  m=$$(( $$(awk '/^MemAvailable:/ {print $$2}' /proc/meminfo) / 1572864 )); \
+  [ "$$m" -lt "$$n" ] && n=$$m; [ "$$n" -lt 1 ] && n=1; echo $$n)
 ARTIFACTS ?= _artifacts
 # Our version always names the project, so reports and specs can tell it from a qemu-ga.
 VERSION ?= qgakit-$(shell git describe --always --dirty 2>/dev/null || echo dev)
