@@ -237,20 +237,10 @@ func guestVMOptions(ctx context.Context, c guestConfig) []vm.Option {
 	GinkgoHelper()
 	g, err := env.Image.Guest(ctx, c.guest)
 	Expect(err).NotTo(HaveOccurred(), "IMAGE=%s cannot boot %+v", env.Image.Image, c.guest)
-	var opts []vm.Option
-	if g.Kernel != "" {
-		opts = append(opts, vm.WithKernel(g.Kernel, g.Initrd, g.Cmdline))
-	}
-	if g.MemoryMiB > 0 {
-		opts = append(opts, vm.WithMemory(g.MemoryMiB))
-	}
-	if g.CPU != "" {
-		opts = append(opts, vm.WithCPU(g.CPU))
-	}
+	opts, disks := vm.GuestOptions(g)
 	opts = append(opts, c.vm...)
-	for _, d := range g.Disks {
-		disk := vm.Disk{Path: d.Path, Format: d.Format, Overlay: d.Overlay, ReadOnly: d.ReadOnly, Boot: d.Boot, Node: d.Node}
-		if c.persistDir != "" && d.Overlay {
+	for _, disk := range disks {
+		if c.persistDir != "" && disk.Overlay {
 			disk = persistentOverlay(ctx, c.persistDir, disk)
 		}
 		opts = append(opts, vm.WithDisk(disk))

@@ -126,19 +126,9 @@ func preparedBoot(ctx context.Context, p *image.Prepared) (*guestBoot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("IMAGE=%s: %w", p.Image, err)
 	}
-	var opts []vm.Option
-	if g.Kernel != "" {
-		opts = append(opts, vm.WithKernel(g.Kernel, g.Initrd, g.Cmdline))
-	}
-	if g.MemoryMiB > 0 {
-		opts = append(opts, vm.WithMemory(g.MemoryMiB))
-	}
-	if g.CPU != "" {
-		opts = append(opts, vm.WithCPU(g.CPU))
-	}
-	for _, d := range g.Disks {
-		opts = append(opts, vm.WithDisk(vm.Disk{Path: d.Path, Format: d.Format, Overlay: d.Overlay,
-			ReadOnly: d.ReadOnly, Boot: d.Boot, Node: d.Node}))
+	opts, disks := vm.GuestOptions(g)
+	for _, d := range disks {
+		opts = append(opts, vm.WithDisk(d))
 	}
 	return &guestBoot{opts: opts, path: p.AgentPath(), timeout: g.BootTimeout}, nil
 }

@@ -71,22 +71,12 @@ func prepareCloud(t *testing.T, ctx context.Context, agent string) *image.Prepar
 
 // vmOptions maps a Guest onto harness/vm, after the spec's own disks.
 func vmOptions(g *image.Guest, disks ...vm.Disk) []vm.Option {
-	var opts []vm.Option
-	if g.Kernel != "" {
-		opts = append(opts, vm.WithKernel(g.Kernel, g.Initrd, g.Cmdline))
-	}
-	if g.MemoryMiB > 0 {
-		opts = append(opts, vm.WithMemory(g.MemoryMiB))
-	}
-	if g.CPU != "" {
-		opts = append(opts, vm.WithCPU(g.CPU))
-	}
+	opts, own := vm.GuestOptions(g)
 	for _, d := range disks {
 		opts = append(opts, vm.WithDisk(d))
 	}
-	for _, d := range g.Disks {
-		opts = append(opts, vm.WithDisk(vm.Disk{Path: d.Path, Format: d.Format, Overlay: d.Overlay,
-			ReadOnly: d.ReadOnly, Boot: d.Boot, Node: d.Node}))
+	for _, d := range own {
+		opts = append(opts, vm.WithDisk(d))
 	}
 	return opts
 }
