@@ -27,9 +27,10 @@
 // A Template is a set of options whose booted state is saved once (Save: boot, a caller's ready
 // function, QMP stop, migrate to a state file) and restored many times (Restore: the same
 // command line plus -incoming defer, migrate-incoming, cont, the guest clock stepped through the
-// console), each clone on fresh qcow2 overlays of every disk. The agent's port is never part of
-// a snapshot: clones attach it (AttachAgent, or RestoreAgent). See snapshot.go for what clones
-// share.
+// console), each clone on fresh qcow2 overlays of every disk. When the ready function attached
+// the agent, the snapshot holds it running with its port open: every clone plugs the same port
+// before the state loads and answers after one sync. Otherwise clones attach it (AttachAgent,
+// or RestoreAgent). See snapshot.go for what clones share.
 //
 // # Files
 //
