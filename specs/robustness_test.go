@@ -32,11 +32,6 @@ import (
 // robustDir is the guest directory these specs work in (tmpfs).
 const robustDir = "/tmp/qgakit-robust"
 
-// robustStuckCount is the size of a read whose reply the host does not read: its 21 MiB of
-// base64 are more than the virtqueue, QEMU and the host's socket hold together, so the agent
-// is still sending it when the host hangs up.
-const robustStuckCount = 16 << 20
-
 var _ = Describe("robustness", Ordered, Label("robustness"), func() {
 	var guest *vm.VM
 	BeforeAll(func(ctx SpecContext) {
@@ -88,25 +83,22 @@ var _ = Describe("robustness", Ordered, Label("robustness"), func() {
 			_, err := guest.Console().RunOK(ctx, "seq 1 2600000 > "+path)
 			Expect(err).NotTo(HaveOccurred())
 			size := gfConsoleSize(ctx, guest, path)
-			Expect(size).To(BeNumerically(">", robustStuckCount+(1<<20)))
+			Expect(size).To(BeNumerically(">", protoStuckCount+(1<<20)))
 
 			h := gfOpen(ctx, agent, path, "r")
-			By("a 16 MiB guest-file-read whose reply the host does not read")
-			Expect(agent.Send(ctx, request("guest-file-read", map[string]any{"handle": h, "count": robustStuckCount}))).To(Succeed())
-			By("the console sees the agent's descriptor of the file at 16 MiB: it has read its part and is sending the reply")
-			Eventually(ctx, func(ctx context.Context) []int64 {
-				return robustFileOffsets(ctx, guest, path)
-			}).WithPolling(200 * time.Millisecond).Should(ConsistOf(int64(robustStuckCount)))
+			protoStartStuckRead(ctx, guest, agent, h, path)
+			By("the agent holds that one descriptor of the file, and no other")
+			Expect(protoAgentFileOffsets(ctx, guest, path)).To(ConsistOf(int64(protoStuckCount)))
 			By("the host hangs up in the middle of that reply, connects again and resynchronises past what is left of it")
 			Expect(agent.Reconnect(ctx)).To(Succeed())
 			Expect(agent.SyncUntil(ctx, 30*time.Second)).To(Succeed())
 
 			By("the handle is still open, at 16 MiB: the read ran whole though its reply was lost")
-			Expect(gfSeek(ctx, agent, h, 0, "cur").Position).To(Equal(int64(robustStuckCount)))
-			Expect(robustFileOffsets(ctx, guest, path)).To(ConsistOf(int64(robustStuckCount)))
+			Expect(gfSeek(ctx, agent, h, 0, "cur").Position).To(Equal(int64(protoStuckCount)))
+			Expect(protoAgentFileOffsets(ctx, guest, path)).To(ConsistOf(int64(protoStuckCount)))
 			By("reading on from there and again from the start gives the bytes the console reads at those offsets")
 			r := gfRead(ctx, agent, h, 4096)
-			Expect(gfSHA256(r.data)).To(Equal(robustConsoleRangeSHA256(ctx, guest, path, robustStuckCount, 4096)))
+			Expect(gfSHA256(r.data)).To(Equal(robustConsoleRangeSHA256(ctx, guest, path, protoStuckCount, 4096)))
 			Expect(gfSeek(ctx, agent, h, 0, "set").Position).To(BeZero())
 			r = gfRead(ctx, agent, h, 1<<20)
 			Expect(gfSHA256(r.data)).To(Equal(robustConsoleRangeSHA256(ctx, guest, path, 0, 1<<20)))
@@ -243,25 +235,6 @@ var _ = Describe("robustness", Ordered, Label("robustness"), func() {
 			Expect(out).To(Equal("free\n"))
 		}, NodeTimeout(6*time.Minute))
 })
-
-// robustFileOffsets are the offsets (from /proc/PID/fdinfo) of the agent's open descriptors
-// of path.
-func robustFileOffsets(ctx context.Context, guest *vm.VM, path string) []int64 {
-	GinkgoHelper()
-	pids := gfAgentPids(ctx, guest)
-	Expect(pids).To(HaveLen(1))
-	out, err := guest.Console().RunOK(ctx, fmt.Sprintf(
-		`cd /proc/%s/fd && for f in *; do [ "$(readlink $f)" = %s ] && sed -n 's/^pos:[[:space:]]*//p' ../fdinfo/$f; done; true`,
-		pids[0], path))
-	Expect(err).NotTo(HaveOccurred())
-	var offs []int64
-	for _, f := range strings.Fields(out) {
-		n, err := strconv.ParseInt(f, 10, 64)
-		Expect(err).NotTo(HaveOccurred(), "fdinfo pos %q", f)
-		offs = append(offs, n)
-	}
-	return offs
-}
 
 // robustConsoleRangeSHA256 is the sha256 of n bytes of a guest file from offset off, as the
 // console computes it.
