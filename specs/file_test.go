@@ -664,10 +664,16 @@ func gfConsoleSHA256(ctx context.Context, guest *vm.VM, path string) string {
 
 func gfConsoleSize(ctx context.Context, guest *vm.VM, path string) int64 {
 	GinkgoHelper()
-	out, err := guest.Console().RunOK(ctx, "stat -c %s "+path)
+	return gfConsoleInt(ctx, guest, "stat -c %s "+path)
+}
+
+// gfConsoleInt runs a console command that prints one integer, and returns it.
+func gfConsoleInt(ctx context.Context, guest *vm.VM, cmd string) int64 {
+	GinkgoHelper()
+	out, err := guest.Console().RunOK(ctx, cmd)
 	Expect(err).NotTo(HaveOccurred())
 	n, err := strconv.ParseInt(strings.TrimSpace(out), 10, 64)
-	Expect(err).NotTo(HaveOccurred(), "stat output %q", out)
+	Expect(err).NotTo(HaveOccurred(), "output of %q: %q", cmd, out)
 	return n
 }
 

@@ -251,11 +251,7 @@ func robustConsoleRangeSHA256(ctx context.Context, guest *vm.VM, path string, of
 // robustReadBytes is how many bytes process pid has read so far (rchar of /proc/PID/io).
 func robustReadBytes(ctx context.Context, guest *vm.VM, pid string) int64 {
 	GinkgoHelper()
-	out, err := guest.Console().RunOK(ctx, fmt.Sprintf("sed -n 's/^rchar: //p' /proc/%s/io", pid))
-	Expect(err).NotTo(HaveOccurred())
-	n, err := strconv.ParseInt(strings.TrimSpace(out), 10, 64)
-	Expect(err).NotTo(HaveOccurred(), "rchar %q", out)
-	return n
+	return gfConsoleInt(ctx, guest, fmt.Sprintf("sed -n 's/^rchar: //p' /proc/%s/io", pid))
 }
 
 // robustNothingPending reports whether pid has no signal pending, for its thread or the
