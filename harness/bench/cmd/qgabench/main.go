@@ -225,53 +225,66 @@ func runVMs(ctx context.Context, o options, r *bench.Report, fail func(string, e
 		return err
 	}
 
-	progressf("cold boots x%d (QEMU start to the agent answering)", o.n)
-	cold, last, err := b.ColdBoots(ctx, o.n)
-	r.Samples.ColdBootS = round(bench.Seconds(cold))
+	c := bench.CloudResults{Image: r.Image}
+	err = measure(ctx, b, o, o.n, "", &c, &r.Machine, fail)
+	r.ColdBootS, r.RestoreS, r.Image, r.Samples = c.ColdBootS, c.RestoreS, c.Image, c.Samples
+	r.Ours, r.Reference = c.Ours, c.Reference
+	return err
+}
+
+// measure takes one guest's VM numbers into c: cold boots, snapshot restores, and the agents
+// side by side. The machine facts the last cold boot knows go to m. label prefixes the
+// progress lines and the names of failed measurements.
+func measure(ctx context.Context, b *bench.VMBench, o options, coldN int, label string, c *bench.CloudResults, m *bench.Machine, fail func(string, error)) error {
+	progressf("%scold boots x%d (QEMU start to the agent answering)", label, coldN)
+	cold, last, err := b.ColdBoots(ctx, coldN)
+	c.ColdBoots = len(cold)
+	c.Samples.ColdBootS = round(bench.Seconds(cold))
 	if len(cold) > 0 {
-		r.ColdBootS = bench.Num(bench.Median(bench.Seconds(cold)), 3)
+		c.ColdBootS = bench.Num(bench.Median(bench.Seconds(cold)), 3)
 	}
 	if err != nil {
-		fail("cold boot", err)
+		fail(label+"cold boot", err)
 	}
 	if last != nil {
-		describe(ctx, last, &r.Machine, &r.Image)
+		describe(ctx, last, m, &c.Image)
 		last.Close()
 	}
 
-	progressf("snapshots: one per agent")
+	progressf("%ssnapshots: one per agent", label)
 	ours, err := b.Template(ctx, bench.Ours)
 	if err != nil {
 		return err
 	}
-	r.Image.StateMB = bench.Num(float64(ours.StateBytes())/1e6, 1)
-	r.Image.SaveS = bench.Num(ours.SaveTime().Seconds(), 2)
+	c.Image.StateMB = bench.Num(float64(ours.StateBytes())/1e6, 1)
+	c.Image.SaveS = bench.Num(ours.SaveTime().Seconds(), 2)
 	ref, err := b.Template(ctx, bench.Reference)
 	if err != nil {
 		return err
 	}
-	progressf("restores x%d (QEMU start to the agent answering)", o.n)
+	progressf("%srestores x%d (QEMU start to the agent answering)", label, o.n)
 	restores, err := b.Restores(ctx, ours, o.n)
-	r.Samples.RestoreS = round(bench.Seconds(restores))
+	c.Restores = len(restores)
+	c.Samples.RestoreS = round(bench.Seconds(restores))
 	if len(restores) > 0 {
-		r.RestoreS = bench.Num(bench.Median(bench.Seconds(restores)), 3)
+		c.RestoreS = bench.Num(bench.Median(bench.Seconds(restores)), 3)
 	}
 	if err != nil {
-		fail("restore", err)
+		fail(label+"restore", err)
 	}
 
-	progressf("ours against the reference, each in a restored VM of the same shape")
+	progressf("%sours against the reference, each in a restored VM of the same shape", label)
 	res, samples, err := b.CompareAgents(ctx, ours, ref, o.agent)
 	if samples != nil {
-		cb, rs := r.Samples.ColdBootS, r.Samples.RestoreS
-		r.Samples = *samples
-		r.Samples.ColdBootS, r.Samples.RestoreS = cb, rs
+		cb, rs := c.Samples.ColdBootS, c.Samples.RestoreS
+		c.Samples = *samples
+		c.Samples.ColdBootS, c.Samples.RestoreS = cb, rs
 	}
 	if res != nil {
-		r.Ours, r.Reference = res[bench.Ours], res[bench.Reference]
+		c.Ours, c.Reference = res[bench.Ours], res[bench.Reference]
 	}
 	if err != nil {
-		fail("agents in the VM", err)
+		fail(label+"agents in the VM", err)
 	}
 	return nil
 }
@@ -330,58 +343,8 @@ func runCloud(ctx context.Context, o options, c *bench.CloudResults, fail func(s
 		return err
 	}
 	c.Measured = true
-
-	progressf("debian-cloud: cold boots x%d (QEMU start to the agent answering)", o.cloudN)
-	cold, last, err := b.ColdBoots(ctx, o.cloudN)
-	c.ColdBoots = len(cold)
-	c.Samples.ColdBootS = round(bench.Seconds(cold))
-	if len(cold) > 0 {
-		c.ColdBootS = bench.Num(bench.Median(bench.Seconds(cold)), 3)
-	}
-	if err != nil {
-		fail("debian-cloud cold boot", err)
-	}
-	if last != nil {
-		describe(ctx, last, &bench.Machine{}, &c.Image)
-		last.Close()
-	}
-
-	progressf("debian-cloud: snapshots, one per agent (a boot and systemd finishing it, each)")
-	oursTpl, err := b.Template(ctx, bench.Ours)
-	if err != nil {
-		return err
-	}
-	c.Image.StateMB = bench.Num(float64(oursTpl.StateBytes())/1e6, 1)
-	c.Image.SaveS = bench.Num(oursTpl.SaveTime().Seconds(), 2)
-	refTpl, err := b.Template(ctx, bench.Reference)
-	if err != nil {
-		return err
-	}
-	progressf("debian-cloud: restores x%d (QEMU start to the agent answering)", o.n)
-	restores, err := b.Restores(ctx, oursTpl, o.n)
-	c.Restores = len(restores)
-	c.Samples.RestoreS = round(bench.Seconds(restores))
-	if len(restores) > 0 {
-		c.RestoreS = bench.Num(bench.Median(bench.Seconds(restores)), 3)
-	}
-	if err != nil {
-		fail("debian-cloud restore", err)
-	}
-
-	progressf("debian-cloud: ours against the reference, each in a restored VM of the same shape")
-	res, samples, err := b.CompareAgents(ctx, oursTpl, refTpl, o.agent)
-	if samples != nil {
-		cb, rs := c.Samples.ColdBootS, c.Samples.RestoreS
-		c.Samples = *samples
-		c.Samples.ColdBootS, c.Samples.RestoreS = cb, rs
-	}
-	if res != nil {
-		c.Ours, c.Reference = res[bench.Ours], res[bench.Reference]
-	}
-	if err != nil {
-		fail("debian-cloud agents in the VM", err)
-	}
-	return nil
+	// The machine is the tiny run's; this one's facts are not reported again.
+	return measure(ctx, b, o, o.cloudN, "debian-cloud ", c, &bench.Machine{}, fail)
 }
 
 // describe fills in the machine and image facts a VM knows.
