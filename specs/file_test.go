@@ -202,7 +202,7 @@ var _ = Describe("guest-file-*", Ordered, ContinueOnFailure, func() {
 				path, chunk, tailLen))
 			Expect(err).NotTo(HaveOccurred())
 			Expect(gfConsoleSize(ctx, guest, path)).To(Equal(size))
-			wantSum := gfConsoleSHA256(ctx, guest, path)
+			wantSum := consoleSHA256(ctx, guest, path)
 
 			By("reading 1 MiB at a time: full chunks without eof, the short last one with eof, then an empty read with eof")
 			h := gfOpen(ctx, agent, path, "r")
@@ -287,7 +287,7 @@ var _ = Describe("guest-file-*", Ordered, ContinueOnFailure, func() {
 			gfClose(ctx, agent, h)
 			grown := append(append(append([]byte(nil), data...), make([]byte, 4096)...), "XYZ"...)
 			Expect(gfConsoleSize(ctx, guest, path)).To(Equal(int64(len(grown))))
-			Expect(gfConsoleSHA256(ctx, guest, path)).To(Equal(gfSHA256(grown)))
+			Expect(consoleSHA256(ctx, guest, path)).To(Equal(gfSHA256(grown)))
 
 			By("writing the same 6 MiB back through the agent in 1 MiB requests: the console's sha256 of the copy matches")
 			cp := gfDir + "/big-copy"
@@ -298,7 +298,7 @@ var _ = Describe("guest-file-*", Ordered, ContinueOnFailure, func() {
 			}
 			gfClose(ctx, agent, h)
 			Expect(gfConsoleSize(ctx, guest, cp)).To(Equal(size))
-			Expect(gfConsoleSHA256(ctx, guest, cp)).To(Equal(wantSum))
+			Expect(consoleSHA256(ctx, guest, cp)).To(Equal(wantSum))
 		}, NodeTimeout(5*time.Minute))
 
 	It("makes written data visible to the console at guest-file-flush, before close",
@@ -653,15 +653,6 @@ func gfConsoleRead(ctx context.Context, guest *vm.VM, path string) ([]byte, stri
 	return b, strings.TrimSpace(perm)
 }
 
-func gfConsoleSHA256(ctx context.Context, guest *vm.VM, path string) string {
-	GinkgoHelper()
-	out, err := guest.Console().RunOK(ctx, "sha256sum "+path)
-	Expect(err).NotTo(HaveOccurred())
-	f := strings.Fields(out)
-	Expect(f).To(HaveLen(2), "sha256sum output %q", out)
-	return f[0]
-}
-
 func gfConsoleSize(ctx context.Context, guest *vm.VM, path string) int64 {
 	GinkgoHelper()
 	return gfConsoleInt(ctx, guest, "stat -c %s "+path)
@@ -688,9 +679,7 @@ func gfConsoleExists(ctx context.Context, guest *vm.VM, path string) bool {
 // gfAgentPids are the pids of the processes running the agent binary under test.
 func gfAgentPids(ctx context.Context, guest *vm.VM) []string {
 	GinkgoHelper()
-	out, _, err := guest.Console().Run(ctx, "pidof "+agentProcName())
-	Expect(err).NotTo(HaveOccurred())
-	return strings.Fields(out)
+	return consolePids(ctx, guest, agentProcName())
 }
 
 // gfAgentOpenFiles lists, through /proc, the files the agent process holds open.

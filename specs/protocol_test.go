@@ -387,7 +387,7 @@ var _ = Describe("the protocol over virtio-serial", Ordered, ContinueOnFailure, 
 					`o=$((i*21841)); tail -c +$((o+1)) %[1]s.r; head -c $o %[1]s.r; i=$((i+1)); done > %[1]s && rm %[1]s.r`, path))
 			Expect(err).NotTo(HaveOccurred())
 			Expect(gfConsoleSize(ctx, guest, path)).To(Equal(int64(protoBigSize)))
-			want := gfConsoleSHA256(ctx, guest, path)
+			want := consoleSHA256(ctx, guest, path)
 
 			h := gfOpen(ctx, agent, path, "r")
 			By("one guest-file-read of 48 MiB: a single reply line of 64 MiB of base64, with the request's id")
@@ -418,7 +418,7 @@ var _ = Describe("the protocol over virtio-serial", Ordered, ContinueOnFailure, 
 			const midSize = 5<<20 + 7
 			_, err = guest.Console().RunOK(ctx, fmt.Sprintf("head -c %d %s > %s", midSize, path, mid))
 			Expect(err).NotTo(HaveOccurred())
-			Expect(gfConsoleSHA256(ctx, guest, mid)).To(Equal(gfSHA256(big[:midSize])))
+			Expect(consoleSHA256(ctx, guest, mid)).To(Equal(gfSHA256(big[:midSize])))
 			h = gfOpen(ctx, agent, mid, "r")
 			r = gfRead(ctx, agent, h, protoBigSize)
 			Expect(r.Count).To(Equal(int64(midSize)))
