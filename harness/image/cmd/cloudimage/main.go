@@ -78,21 +78,13 @@ func mainErr(ctx context.Context, c image.Config, img, agent string, boot bool, 
 	if !verbose {
 		opts = append(opts, vm.WithLog(io.Discard))
 	}
-	if g.Kernel != "" {
-		opts = append(opts, vm.WithKernel(g.Kernel, g.Initrd, g.Cmdline))
-	}
-	if g.MemoryMiB > 0 {
-		opts = append(opts, vm.WithMemory(g.MemoryMiB))
-	}
-	if cpu == "" {
-		cpu = g.CPU
-	}
 	if cpu != "" {
-		opts = append(opts, vm.WithCPU(cpu))
+		g.CPU = cpu
 	}
-	for _, d := range g.Disks {
-		opts = append(opts, vm.WithDisk(vm.Disk{Path: d.Path, Format: d.Format, Overlay: d.Overlay,
-			ReadOnly: d.ReadOnly, Boot: d.Boot, Node: d.Node}))
+	machine, disks := vm.GuestOptions(g)
+	opts = append(opts, machine...)
+	for _, d := range disks {
+		opts = append(opts, vm.WithDisk(d))
 	}
 	if timeout == 0 {
 		timeout = g.BootTimeout
