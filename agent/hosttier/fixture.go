@@ -131,18 +131,38 @@ func Start(t testing.TB, a Agent, args ...string) *Fixture {
 // Launch starts the agent and waits until its socket accepts connections.
 func (f *Fixture) Launch() {
 	f.T.Helper()
-	args := append([]string{"-m", "unix-listen", "-p", f.Sock, "-t", f.StateDir}, f.Args...)
-	f.cmd = exec.Command(f.Agent.Bin, args...)
 	// The host's own configuration file must not change what is tested.
-	f.cmd.Env = append(os.Environ(), "QGA_CONF="+filepath.Join(f.Dir, "absent.conf"))
+	f.launch(filepath.Join(f.Dir, "absent.conf"))
+}
+
+// LaunchWithConfig is Launch and Connect with a configuration file.
+func (f *Fixture) LaunchWithConfig(conf string) {
+	f.T.Helper()
+	f.launch(conf)
+	f.Connect()
+}
+
+// launch starts the agent with $QGA_CONF set to conf.
+func (f *Fixture) launch(conf string) {
+	f.T.Helper()
+	args := append([]string{"-m", "unix-listen", "-p", f.Sock, "-t", f.StateDir}, f.Args...)
+	cmd := exec.Command(f.Agent.Bin, args...)
+	cmd.Env = append(os.Environ(), "QGA_CONF="+conf)
+	f.startCmd(cmd)
+}
+
+// startCmd starts cmd as the fixture's agent and waits until its socket accepts connections.
+func (f *Fixture) startCmd(cmd *exec.Cmd) {
+	f.T.Helper()
+	f.cmd = cmd
 	f.stderr = &syncBuffer{}
-	f.cmd.Stderr = f.stderr
-	if err := f.cmd.Start(); err != nil {
+	cmd.Stderr = f.stderr
+	if err := cmd.Start(); err != nil {
 		f.T.Fatalf("start %s: %v", f.Agent.Bin, err)
 	}
 	f.exited = make(chan struct{})
 	go func() {
-		_ = f.cmd.Wait()
+		_ = cmd.Wait()
 		close(f.exited)
 	}()
 	deadline := time.Now().Add(ioTimeout)
@@ -155,7 +175,7 @@ func (f *Fixture) Launch() {
 		}
 		select {
 		case <-f.exited:
-			f.T.Fatalf("%s exited before listening: %v\nstderr:\n%s", f.Agent.Name, f.cmd.ProcessState, f.stderr.String())
+			f.T.Fatalf("%s exited before listening: %v\nstderr:\n%s", f.Agent.Name, cmd.ProcessState, f.stderr.String())
 		case <-time.After(5 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {

@@ -2,13 +2,11 @@ package hosttier
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 )
 
 // The security posture, process by process: the block and allow lists hold whatever the
@@ -100,48 +98,6 @@ func TestBlockListCannotBeBypassed(t *testing.T) {
 				})
 			}
 		})
-	}
-}
-
-// LaunchWithConfig is Launch and Connect with a configuration file.
-func (f *Fixture) LaunchWithConfig(conf string) {
-	f.T.Helper()
-	args := append([]string{"-m", "unix-listen", "-p", f.Sock, "-t", f.StateDir}, f.Args...)
-	cmd := exec.Command(f.Agent.Bin, args...)
-	cmd.Env = append(os.Environ(), "QGA_CONF="+conf)
-	f.startCmd(cmd)
-	f.Connect()
-}
-
-// startCmd starts cmd as the fixture's agent and waits until its socket accepts connections.
-func (f *Fixture) startCmd(cmd *exec.Cmd) {
-	f.T.Helper()
-	f.cmd = cmd
-	f.stderr = &syncBuffer{}
-	cmd.Stderr = f.stderr
-	if err := cmd.Start(); err != nil {
-		f.T.Fatalf("start %s: %v", f.Agent.Bin, err)
-	}
-	f.exited = make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(f.exited)
-	}()
-	deadline := time.Now().Add(ioTimeout)
-	for {
-		c, err := net.Dial("unix", f.Sock)
-		if err == nil {
-			c.Close()
-			return
-		}
-		select {
-		case <-f.exited:
-			f.T.Fatalf("%s exited before listening: %v\nstderr:\n%s", f.Agent.Name, cmd.ProcessState, f.stderr.String())
-		case <-time.After(5 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			f.T.Fatalf("%s did not listen on %s", f.Agent.Name, f.Sock)
-		}
 	}
 }
 
