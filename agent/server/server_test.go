@@ -49,6 +49,12 @@ type host struct {
 // a function that stops the server and returns what Serve returned.
 func startDevice(t *testing.T, srv *Server) (*host, func() error) {
 	t.Helper()
+	return startWrappedDevice(t, srv, nil)
+}
+
+// startWrappedDevice is startDevice with the server's channel wrapped by wrap, unless nil.
+func startWrappedDevice(t *testing.T, srv *Server, wrap func(transport.Channel) transport.Channel) (*host, func() error) {
+	t.Helper()
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -58,6 +64,9 @@ func startDevice(t *testing.T, srv *Server) (*host, func() error) {
 		t.Fatal(err)
 	}
 	srv.Channel = ch
+	if wrap != nil {
+		srv.Channel = wrap(ch)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx) }()

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/base64"
@@ -21,7 +20,6 @@ import (
 	"github.com/qgakit/qgakit/agent/state"
 	"github.com/qgakit/qgakit/agent/transport"
 	"github.com/qgakit/qgakit/schema"
-	"golang.org/x/sys/unix"
 )
 
 // recordingChannel is a real channel whose streams remember the largest single WriteAll.
@@ -73,29 +71,9 @@ func TestFileReadReplyIsStreamed(t *testing.T) {
 	}
 
 	var log bytes.Buffer
-	var logMu sync.Mutex
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(fds[1])
-	ch, err := transport.NewDeviceChannel(fds[0], transport.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ch.Close()
-	rec := &recordingChannel{Channel: ch}
-	srv := &Server{Channel: rec, Dispatcher: d, Log: NewLogger(lockedWriter{&logMu, &log}, "", true)}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	}()
-	h := &host{fd: fds[1], r: bufio.NewReaderSize(fdReader(fds[1]), 1<<16)}
+	rec := &recordingChannel{}
+	h, stop := startWrappedDevice(t, &Server{Dispatcher: d, Log: NewLogger(&log, "", true)},
+		func(ch transport.Channel) transport.Channel { rec.Channel = ch; return rec })
 
 	h.send(t, fmt.Sprintf(`{"execute":"guest-file-open","arguments":{"path":%q}}`, path))
 	open := h.line(t)
@@ -123,22 +101,13 @@ func TestFileReadReplyIsStreamed(t *testing.T) {
 	if largest > 256<<10 {
 		t.Errorf("the reply went out in a %d-byte write: it was built whole", largest)
 	}
-	logMu.Lock()
-	defer logMu.Unlock()
+	// Serve has returned once stop does, so every log line is written.
+	if err := stop(); err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
 	if wantLine := fmt.Sprintf("debug: sending data, count: %d\n", len(want)); !bytes.Contains(log.Bytes(), []byte(wantLine)) {
 		t.Errorf("the log lacks %q:\n%s", wantLine, log.Bytes())
 	}
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (w lockedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.w.Write(p)
 }
 
 // releasing is a reply value that holds memory to give back, like a large read's buffer.
@@ -162,17 +131,7 @@ func (r releasing) Release() {
 // A reply value that is a protocol.Releaser is released once, after the last byte of its
 // reply went to the channel and before the next message is answered.
 func TestReleasersAreReleasedAfterTheirReply(t *testing.T) {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(fds[1])
-	ch, err := transport.NewDeviceChannel(fds[0], transport.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ch.Close()
-	rec := &recordingChannel{Channel: ch}
+	rec := &recordingChannel{}
 	var releases atomic.Int32
 	var writtenAt atomic.Int64
 	d := dispatch.New(schema.MustLoad(), dispatch.Options{})
@@ -180,17 +139,8 @@ func TestReleasersAreReleasedAfterTheirReply(t *testing.T) {
 	d.Register("guest-file-read", func(context.Context, dispatch.Args) (any, error) {
 		return releasing{Data: bytes.Repeat([]byte("x"), 1<<20), releases: &releases, writtenAt: &writtenAt, ch: rec}, nil
 	})
-	srv := &Server{Channel: rec, Dispatcher: d}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	}()
-	h := &host{fd: fds[1], r: bufio.NewReaderSize(fdReader(fds[1]), 1<<16)}
+	h, _ := startWrappedDevice(t, &Server{Dispatcher: d},
+		func(ch transport.Channel) transport.Channel { rec.Channel = ch; return rec })
 	h.send(t, `{"execute":"guest-file-read","arguments":{"handle":1}}`)
 	reply := h.line(t)
 	h.send(t, `{"execute":"guest-ping"}`)
