@@ -313,17 +313,17 @@ func lockFile(ctx context.Context, path string, progress io.Writer) (func(), err
 // stepper prints a build's progress: a line when it starts, "<name>: [n/of] <step>" and then
 // its duration for each step, and a line when it is built.
 type stepper struct {
-	w     io.Writer
-	name  string
-	n, of int
-	start time.Time
+	w         io.Writer
+	name, key string
+	n, of     int
+	start     time.Time
 }
 
 // newStepper prints "<name>: building <name>-<key> (<about>)" and returns the stepper of a
 // build of of steps.
 func newStepper(w io.Writer, name, key string, of int, about string) *stepper {
 	fmt.Fprintf(w, "%s: building %s-%s (%s)\n", name, name, key, about)
-	return &stepper{w: w, name: name, of: of, start: time.Now()}
+	return &stepper{w: w, name: name, key: key, of: of, start: time.Now()}
 }
 
 func (s *stepper) do(what string, f func() (string, error)) error {
@@ -345,6 +345,6 @@ func (s *stepper) do(what string, f func() (string, error)) error {
 func (s *stepper) elapsed() time.Duration { return time.Since(s.start) }
 
 // built prints the build's last line.
-func (s *stepper) built(key string) {
-	fmt.Fprintf(s.w, "%s: built %s-%s in %.1fs\n", s.name, s.name, key, s.elapsed().Seconds())
+func (s *stepper) built() {
+	fmt.Fprintf(s.w, "%s: built %s-%s in %.1fs\n", s.name, s.name, s.key, s.elapsed().Seconds())
 }

@@ -501,7 +501,7 @@ func buildCloud(ctx context.Context, in cloudInputs, key, out string, progress i
 	if err := writeManifest(out, m); err != nil {
 		return err
 	}
-	s.built(key)
+	s.built()
 	return nil
 }
 

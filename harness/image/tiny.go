@@ -326,7 +326,7 @@ func buildTiny(ctx context.Context, in tinyInputs, key, out string, progress io.
 	if err != nil {
 		return err
 	}
-	s.built(key)
+	s.built()
 	return nil
 }
 
