@@ -238,25 +238,26 @@ func target(name, op string, goal float64, v *float64) Target {
 // WriteTable prints the report as the table `make bench` shows: the tiny guest's and the
 // host's numbers, then the debian-cloud guest's as a block of its own.
 func (r *Report) WriteTable(w io.Writer) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	row := func(cells ...string) { fmt.Fprintln(tw, strings.Join(cells, "\t")+"\t") }
-	row("", "ours", "reference", "ours/ref", "goal")
-	agentRows(row, "VM ", r.Ours, r.Reference, r.Ratios)
-	if r.Host != nil {
-		agentRows(row, "host ", r.Host.Ours, r.Host.Reference, r.Host.Ratios)
-	}
-	if err := tw.Flush(); err != nil {
+	err := table(w, func(row func(...string)) {
+		row("", "ours", "reference", "ours/ref", "goal")
+		agentRows(row, "VM ", r.Ours, r.Reference, r.Ratios)
+		if r.Host != nil {
+			agentRows(row, "host ", r.Host.Ours, r.Host.Reference, r.Host.Ratios)
+		}
+	})
+	if err != nil {
 		return err
 	}
 	fmt.Fprintln(w)
-	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	row("cold boot s (median)", fmtNum(r.ColdBootS), "")
-	row("restore s (median)", fmtNum(r.RestoreS), "")
-	row("restore/cold boot", fmtNum(r.Ratios.RestoreVsColdBoot), "goal <= 0.1")
-	row("suite s", fmtNum(r.SuiteS), suiteNote(r.Suite))
-	row("machine", fmt.Sprintf("%d cores, kvm=%v, load %s -> %s", r.Machine.Cores, r.Machine.KVM,
-		fmtNum(r.Machine.LoadAvgStart), fmtNum(r.Machine.LoadAvgEnd)), r.Machine.Date)
-	if err := tw.Flush(); err != nil {
+	err = table(w, func(row func(...string)) {
+		row("cold boot s (median)", fmtNum(r.ColdBootS), "")
+		row("restore s (median)", fmtNum(r.RestoreS), "")
+		row("restore/cold boot", fmtNum(r.Ratios.RestoreVsColdBoot), "goal <= 0.1")
+		row("suite s", fmtNum(r.SuiteS), suiteNote(r.Suite))
+		row("machine", fmt.Sprintf("%d cores, kvm=%v, load %s -> %s", r.Machine.Cores, r.Machine.KVM,
+			fmtNum(r.Machine.LoadAvgStart), fmtNum(r.Machine.LoadAvgEnd)), r.Machine.Date)
+	})
+	if err != nil {
 		return err
 	}
 	if r.DebianCloud != nil {
@@ -280,18 +281,25 @@ func (c *CloudResults) writeTable(w io.Writer) error {
 	im := c.Image
 	fmt.Fprintf(w, "debian-cloud guest (kernel %s, %d MiB, %d vCPUs, cpu %s; reference: the image's own qemu-ga)\n",
 		orDash(im.KernelVersion), im.MemoryMiB, im.VCPUs, orDash(im.CPU))
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	row := func(cells ...string) { fmt.Fprintln(tw, strings.Join(cells, "\t")+"\t") }
-	row("", "ours", "reference", "ours/ref", "goal")
-	agentRows(row, "VM ", c.Ours, c.Reference, c.Ratios)
-	if err := tw.Flush(); err != nil {
+	err := table(w, func(row func(...string)) {
+		row("", "ours", "reference", "ours/ref", "goal")
+		agentRows(row, "VM ", c.Ours, c.Reference, c.Ratios)
+	})
+	if err != nil {
 		return err
 	}
 	fmt.Fprintln(w)
-	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	row(fmt.Sprintf("cold boot s (median of %d)", c.ColdBoots), fmtNum(c.ColdBootS), "")
-	row(fmt.Sprintf("restore s (median of %d)", c.Restores), fmtNum(c.RestoreS), "")
-	row("restore/cold boot", fmtNum(c.Ratios.RestoreVsColdBoot), "goal <= 0.1")
+	return table(w, func(row func(...string)) {
+		row(fmt.Sprintf("cold boot s (median of %d)", c.ColdBoots), fmtNum(c.ColdBootS), "")
+		row(fmt.Sprintf("restore s (median of %d)", c.Restores), fmtNum(c.RestoreS), "")
+		row("restore/cold boot", fmtNum(c.Ratios.RestoreVsColdBoot), "goal <= 0.1")
+	})
+}
+
+// table prints the rows that rows writes as one right-aligned table.
+func table(w io.Writer, rows func(row func(cells ...string))) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	rows(func(cells ...string) { fmt.Fprintln(tw, strings.Join(cells, "\t")+"\t") })
 	return tw.Flush()
 }
 
