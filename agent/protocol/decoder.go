@@ -157,9 +157,9 @@ func (d *Decoder) appendToken(b []byte) {
 	if need := len(d.tok) + len(b); need > cap(d.tok) && cap(d.tok) >= 64<<10 {
 		c := max(2*cap(d.tok), need)
 		if c > bigToken {
-			c = MaxTokenSize + 1
+			c = MaxTokenSize + 1 // also the bound: bigToken is below it
 		}
-		grown := make([]byte, len(d.tok), min(c, MaxTokenSize+1))
+		grown := make([]byte, len(d.tok), c)
 		copy(grown, d.tok)
 		d.tok = grown
 	}
