@@ -16,15 +16,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/qgakit/qgakit/agent/hosttier"
 )
 
 // agentUnderTest is $QGA_BIN, which `make test` sets, or bin/qga of this checkout.
 func agentUnderTest(t *testing.T) string {
 	t.Helper()
-	bin := os.Getenv("QGA_BIN")
-	if bin == "" {
-		bin, _ = filepath.Abs("../../../bin/qga")
-	}
+	bin := hosttier.Ours().Bin
 	if _, err := os.Stat(bin); err != nil {
 		t.Skipf("%v: run make agent (or set QGA_BIN)", err)
 	}
