@@ -367,7 +367,13 @@ func TestGarbageMemory(t *testing.T) {
 		t.Run(a.Name, func(t *testing.T) {
 			t.Parallel()
 			f := Start(t, a)
-			replies := make(chan int, 1)
+			// replies is the number of replies before the closing sync's, and the read error
+			// that ended the count without it.
+			type count struct {
+				n   int
+				err error
+			}
+			replies := make(chan count, 1)
 			go func() {
 				// Count replies until the closing sync's; f.Read would call t.Fatal from
 				// this goroutine, so read the lines directly.
@@ -376,7 +382,7 @@ func TestGarbageMemory(t *testing.T) {
 					f.conn.SetReadDeadline(time.Now().Add(ioTimeout))
 					line, err := f.r.ReadBytes('\n')
 					if err != nil || string(line) == Ok("256")+"\n" {
-						replies <- n
+						replies <- count{n, err}
 						return
 					}
 					n++
@@ -392,9 +398,13 @@ func TestGarbageMemory(t *testing.T) {
 				sent += len(b)
 			}
 			f.conn.Write([]byte(syncReq("256")))
-			n := <-replies
+			c := <-replies
+			n := c.n
+			if c.err != nil {
+				t.Fatalf("the closing guest-sync was not answered (%d replies before): %v", n, c.err)
+			}
 			if n == 0 {
-				t.Fatal("the closing guest-sync was not answered")
+				t.Fatal("the garbage drew no error replies")
 			}
 			hwm := vmHWM(t, f.cmd.Process.Pid)
 			t.Logf("%s: peak RSS %.1f MB after %d MiB of garbage (%d error replies), still answering",
