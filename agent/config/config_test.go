@@ -60,12 +60,7 @@ func writeConf(t *testing.T, conf string) string {
 
 func ours(t *testing.T, confPath string, args []string) string {
 	t.Helper()
-	inv, err := Parse(append(args, "-D"), func(k string) string {
-		if k == "QGA_CONF" {
-			return confPath
-		}
-		return ""
-	})
+	inv, err := Parse(append(args, "-D"), confEnv(confPath))
 	if err != nil {
 		t.Fatalf("Parse: %v", err)
 	}
@@ -201,12 +196,7 @@ func TestConfigErrors(t *testing.T) {
 func TestConfigFileChoice(t *testing.T) {
 	envConf := writeConf(t, "[general]\nstatedir=/from-env\n")
 	explicit := writeConf(t, "[general]\nstatedir=/from-c\n")
-	env := func(k string) string {
-		if k == "QGA_CONF" {
-			return envConf
-		}
-		return ""
-	}
+	env := confEnv(envConf)
 	inv, err := Parse(nil, env)
 	if err != nil || inv.StateDir != "/from-env" || inv.ConfigFile != envConf {
 		t.Fatalf("QGA_CONF: statedir %q file %q err %v", inv.StateDir, inv.ConfigFile, err)
