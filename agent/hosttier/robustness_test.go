@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -50,23 +51,6 @@ var (
 	badUTF8        = ParseErr("invalid UTF-8 sequence in string")
 	notAnInteger   = GenErr("Invalid parameter type for 'id', expected: integer")
 )
-
-// n copies of reply r.
-func times(n int, r string) []string {
-	out := make([]string, n)
-	for i := range out {
-		out[i] = r
-	}
-	return out
-}
-
-func cat(lists ...[]string) []string {
-	var out []string
-	for _, l := range lists {
-		out = append(out, l...)
-	}
-	return out
-}
 
 // firstThenErrors checks that the first reply is first and every later one an error without
 // an id: what a message cut by a limit draws depends on where the cut fell, but nothing of it
@@ -127,12 +111,12 @@ func garbageCorpus() []garbage {
 		{name: "0xFF in a string", data: bs(pingWithID("\"a\xffb\"")), want: []string{ParseErr("stray '\"a\ufffd'"), expectingValue}},
 		{name: "0xFF between a key and its colon", data: bs(`{"execute"` + "\xff" + `:"guest-ping"}`),
 			want: []string{ParseErr("stray '\ufffd'"), expectingValue, notObject, expectingValue}},
-		{name: "0xFF three times", data: bs("\xff\xff\xff"), want: times(3, ParseErr("stray '\ufffd'"))},
+		{name: "0xFF three times", data: bs("\xff\xff\xff"), want: slices.Repeat([]string{ParseErr("stray '\ufffd'")}, 3)},
 
 		// Strings and brackets that do not close.
 		{name: "unterminated string", data: bs(`{"execute":"guest-ping` + "\n"), want: []string{ParseErr("stray '\"guest-ping\n'")}},
 		{name: "unterminated single-quoted string", data: bs(`{'execute':'guest-ping` + "\n"), want: []string{ParseErr("stray ''guest-ping\n'")}},
-		{name: "closing brackets without opening ones", data: bs("]]]}}}"), want: times(6, expectingValue)},
+		{name: "closing brackets without opening ones", data: bs("]]]}}}"), want: slices.Repeat([]string{expectingValue}, 6)},
 		{name: "crossed brackets", data: bs(`{"a":[1,2}]`), want: []string{ParseErr("expected separator in list")}},
 		{name: "missing colon", data: bs(`{"execute" "guest-ping"}`), want: []string{ParseErr("missing : in object pair")}},
 		{name: "trailing comma", data: bs(`{"execute":"guest-ping",}`), want: []string{expectingValue}},
@@ -165,7 +149,7 @@ func garbageCorpus() []garbage {
 		// The error resets the bracket count, so each of the closing brackets is a message
 		// of its own.
 		{name: "depth 1025, closed", data: bs(repeat("[", 1025) + repeat("]", 1025)),
-			want: cat([]string{GenErr("JSON nesting depth limit exceeded")}, times(1025, expectingValue))},
+			want: slices.Concat([]string{GenErr("JSON nesting depth limit exceeded")}, slices.Repeat([]string{expectingValue}, 1025))},
 		{name: "depth 1026, left open to the end of the line", data: bs(repeat("[", 1026) + "\n"),
 			want: []string{GenErr("JSON nesting depth limit exceeded")},
 			refWrong: "after a nesting-limit error the reference counts the rest of the rejected input's " +
